@@ -1,0 +1,614 @@
+//! Configuration: one TOML file, unknown keys rejected, defaults named below.
+//!
+//! `Config::load` reads and parses the file, expands `${VAR}` references to
+//! environment variables (so secrets need not be written into the file), and
+//! runs [`Config::validate`], whose errors name the offending key.
+//!
+//! Secrets (librdkafka properties whose name mentions a password, secret or
+//! key) are never printed: [`Config`]'s `Debug` output redacts them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decode::ident;
+use crate::decode::ColumnType;
+
+/// A configuration error, naming the key that is wrong and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub wal: WalConfig,
+    pub bigquery: BigQueryConfig,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub merge: MergeConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list (`bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// Consumer group id. Offsets are committed under this group.
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Consumer group session timeout.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Passed verbatim to librdkafka (TLS, SASL, MSK settings, ...). Values may
+    /// reference environment variables as `${NAME}`. Keys landfall owns
+    /// (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`,
+    /// `bootstrap.servers`) are rejected here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// Directory of the sled database. Must be on durable local storage.
+    pub path: PathBuf,
+    /// How long landed records are kept for deduplication of redeliveries.
+    /// Must exceed the time within which a change can be redelivered (see
+    /// docs/design.md, "WAL retention").
+    #[serde(default = "default_wal_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often landed records older than `retention` are pruned.
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub prune_interval: Duration,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQueryConfig {
+    pub project: String,
+    pub dataset: String,
+    /// Dataset location (e.g. "EU", "us-east1"), used when creating the dataset.
+    #[serde(default = "default_location")]
+    pub location: String,
+    /// Base URL of the BigQuery v2 REST API, for an emulator
+    /// (e.g. `http://127.0.0.1:9050/bigquery/v2`). Unset: Google's endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub auth: Auth,
+    /// Table that receives dead letters (messages that cannot become rows).
+    #[serde(default = "default_dead_letter_table")]
+    pub dead_letter_table: String,
+    /// Table that holds the merge watermark of every final table.
+    #[serde(default = "default_state_table")]
+    pub state_table: String,
+    /// Rows per insertAll request (BigQuery recommends 500).
+    #[serde(default = "default_max_rows")]
+    pub max_rows_per_request: usize,
+    /// Bytes per insertAll request; BigQuery's hard limit is 10 MB.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// insertAll requests in flight at once, over all tables.
+    #[serde(default = "default_max_inflight_requests")]
+    pub max_inflight_requests: usize,
+    /// Timeout of one HTTP request.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry delay of a transient error; doubles up to `retry_max_delay`.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial_delay: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Partition expiration of log tables (their retention). Must exceed the
+    /// merge interval plus overlap by a wide margin.
+    #[serde(default = "default_log_expiration", with = "humantime_serde")]
+    pub log_partition_expiration: Duration,
+}
+
+/// How landfall authenticates to BigQuery.
+#[derive(Clone, Debug, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, tag = "method", rename_all = "kebab-case")]
+pub enum Auth {
+    /// A service-account JSON key file.
+    ServiceAccountKey { key_file: PathBuf },
+    /// Application default credentials (GOOGLE_APPLICATION_CREDENTIALS,
+    /// gcloud user credentials, or the metadata server).
+    #[default]
+    ApplicationDefault,
+    /// No credentials: only allowed together with `bigquery.endpoint` (emulators).
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table` as DMS names it in `metadata.schema-name` / `table-name`.
+    pub source: String,
+    /// The CDC log table every change is appended to.
+    pub log_table: String,
+    /// The table the MERGE keeps equal to the source table.
+    pub final_table: String,
+    pub primary_key: Vec<String>,
+    /// The source columns, in order, with their BigQuery types.
+    pub columns: Vec<ColumnConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    /// How often the service merges every table. `0s` disables the timer
+    /// (merge on demand with `landfall merge`).
+    #[serde(default = "default_merge_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How far before the previous watermark a merge reads again, to cover
+    /// rows that became visible late. Must exceed `bigquery.request_timeout`
+    /// plus clock skew (docs/design.md, "Merge watermark").
+    #[serde(default = "default_merge_overlap", with = "humantime_serde")]
+    pub overlap: Duration,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        Self { interval: default_merge_interval(), overlap: default_merge_overlap() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Messages per batch: one WAL flush per batch.
+    #[serde(default = "default_batch_messages")]
+    pub batch_max_messages: usize,
+    /// How long a batch waits to fill up.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+    /// Batches between the WAL and BigQuery at once (bounds memory).
+    #[serde(default = "default_inflight_batches")]
+    pub max_inflight_batches: usize,
+    /// Messages larger than this are dead-lettered (BigQuery's row limit is 10 MB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// A change for a table with no `[[tables]]` entry is dead-lettered when
+    /// true, acknowledged and counted as skipped when false.
+    #[serde(default = "default_true")]
+    pub strict_routing: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_messages: default_batch_messages(),
+            batch_max_wait: default_batch_wait(),
+            max_inflight_batches: default_inflight_batches(),
+            max_message_bytes: default_max_message_bytes(),
+            strict_routing: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Period of the summary log line with every counter.
+    #[serde(default = "default_summary_interval", with = "humantime_serde")]
+    pub summary_interval: Duration,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self { summary_interval: default_summary_interval() }
+    }
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_wal_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_location() -> String {
+    "US".into()
+}
+fn default_dead_letter_table() -> String {
+    "landfall_dead_letters".into()
+}
+fn default_state_table() -> String {
+    "landfall_merge_state".into()
+}
+fn default_max_rows() -> usize {
+    500
+}
+fn default_max_request_bytes() -> usize {
+    9_000_000
+}
+fn default_max_inflight_requests() -> usize {
+    4
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_log_expiration() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_merge_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_merge_overlap() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_batch_messages() -> usize {
+    2000
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_inflight_batches() -> usize {
+    4
+}
+fn default_max_message_bytes() -> usize {
+    5_000_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_summary_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// librdkafka properties landfall sets itself; configuring them would break
+/// the commit discipline.
+const OWNED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
+
+impl Config {
+    /// Reads, expands `${VAR}` and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text (environment references expanded).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), message: e.to_string() })?;
+        config.expand_env()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn expand_env(&mut self) -> Result<(), ConfigError> {
+        for (name, value) in self.kafka.properties.iter_mut() {
+            *value = expand_env_refs(value).map_err(|m| invalid(format!("kafka.properties.\"{name}\""), m))?;
+        }
+        if let Auth::ServiceAccountKey { key_file } = &mut self.bigquery.auth {
+            let expanded = expand_env_refs(&key_file.to_string_lossy())
+                .map_err(|m| invalid("bigquery.auth.key_file", m))?;
+            *key_file = PathBuf::from(expanded);
+        }
+        Ok(())
+    }
+
+    /// Cross-field checks. Every error names the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid("kafka.topics", "list at least one non-empty topic"));
+        }
+        for key in self.kafka.properties.keys() {
+            if OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("kafka.properties.\"{key}\""),
+                    "is set by landfall itself (offsets are committed only after changes land); remove it",
+                ));
+            }
+        }
+        if self.wal.retention < Duration::from_secs(60) {
+            return Err(invalid("wal.retention", "must be at least 1m (it bounds redelivery deduplication)"));
+        }
+        let bq = &self.bigquery;
+        ident::validate_project(&bq.project).map_err(|e| invalid("bigquery.project", e.to_string()))?;
+        ident::validate_dataset(&bq.dataset).map_err(|e| invalid("bigquery.dataset", e.to_string()))?;
+        ident::validate_table(&bq.dead_letter_table).map_err(|e| invalid("bigquery.dead_letter_table", e.to_string()))?;
+        ident::validate_table(&bq.state_table).map_err(|e| invalid("bigquery.state_table", e.to_string()))?;
+        if bq.auth == Auth::None && bq.endpoint.is_none() {
+            return Err(invalid(
+                "bigquery.auth",
+                "method \"none\" is only allowed with bigquery.endpoint (an emulator); use \"application-default\" or \"service-account-key\"",
+            ));
+        }
+        if let Some(endpoint) = &bq.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid("bigquery.endpoint", "must be an http:// or https:// URL"));
+            }
+        }
+        if bq.max_rows_per_request == 0 || bq.max_rows_per_request > 50_000 {
+            return Err(invalid("bigquery.max_rows_per_request", "must be between 1 and 50000 (500 recommended)"));
+        }
+        if bq.max_request_bytes < 1024 || bq.max_request_bytes > 10_000_000 {
+            return Err(invalid("bigquery.max_request_bytes", "must be between 1 KiB and 10 MB (BigQuery's limit)"));
+        }
+        if bq.max_inflight_requests == 0 {
+            return Err(invalid("bigquery.max_inflight_requests", "must be at least 1"));
+        }
+        if bq.retry_initial_delay.is_zero() || bq.retry_max_delay < bq.retry_initial_delay {
+            return Err(invalid("bigquery.retry_max_delay", "must be >= retry_initial_delay > 0"));
+        }
+        if self.merge.overlap <= bq.request_timeout {
+            return Err(invalid(
+                "merge.overlap",
+                format!(
+                    "must exceed bigquery.request_timeout ({}) so that no row becomes visible behind the watermark",
+                    humantime::format_duration(bq.request_timeout)
+                ),
+            ));
+        }
+        if bq.log_partition_expiration <= self.merge.interval + self.merge.overlap {
+            return Err(invalid("bigquery.log_partition_expiration", "must exceed merge.interval + merge.overlap"));
+        }
+        let p = &self.pipeline;
+        if p.batch_max_messages == 0 {
+            return Err(invalid("pipeline.batch_max_messages", "must be at least 1"));
+        }
+        if p.max_inflight_batches == 0 {
+            return Err(invalid("pipeline.max_inflight_batches", "must be at least 1"));
+        }
+        if p.max_message_bytes == 0 || p.max_message_bytes > 10_000_000 {
+            return Err(invalid("pipeline.max_message_bytes", "must be between 1 and 10 MB (BigQuery's row limit)"));
+        }
+        self.validate_tables()
+    }
+
+    fn validate_tables(&self) -> Result<(), ConfigError> {
+        let mut sources = std::collections::HashSet::new();
+        let mut tables = std::collections::HashSet::new();
+        for reserved in [&self.bigquery.dead_letter_table, &self.bigquery.state_table] {
+            tables.insert(reserved.clone());
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            let key = |field: &str| format!("tables[{i}].{field}");
+            let Some((schema, table)) = t.source.split_once('.') else {
+                return Err(invalid(key("source"), "must be `schema.table`"));
+            };
+            if schema.is_empty() || table.is_empty() {
+                return Err(invalid(key("source"), "must be `schema.table`"));
+            }
+            if !sources.insert(t.source.clone()) {
+                return Err(invalid(key("source"), format!("`{}` is routed twice", t.source)));
+            }
+            for (field, name) in [("log_table", &t.log_table), ("final_table", &t.final_table)] {
+                ident::validate_table(name).map_err(|e| invalid(key(field), e.to_string()))?;
+                if !tables.insert(name.clone()) {
+                    return Err(invalid(key(field), format!("table `{name}` is used twice")));
+                }
+            }
+            if t.columns.is_empty() {
+                return Err(invalid(key("columns"), "list the source table's columns"));
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, c) in t.columns.iter().enumerate() {
+                ident::validate_column(&c.name).map_err(|e| invalid(format!("tables[{i}].columns[{j}].name"), e.to_string()))?;
+                if !names.insert(c.name.to_ascii_lowercase()) {
+                    return Err(invalid(format!("tables[{i}].columns[{j}].name"), format!("column `{}` listed twice", c.name)));
+                }
+            }
+            if t.primary_key.is_empty() {
+                return Err(invalid(key("primary_key"), "list at least one primary-key column"));
+            }
+            for pk in &t.primary_key {
+                if !t.columns.iter().any(|c| &c.name == pk) {
+                    return Err(invalid(key("primary_key"), format!("`{pk}` is not one of the table's columns")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The route of a source table, if configured.
+    pub fn route(&self, schema: &str, table: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| {
+            t.source.split_once('.').is_some_and(|(s, n)| s == schema && n == table)
+        })
+    }
+}
+
+/// Expands `${NAME}` references to environment variables. `$${` is a literal `${`.
+pub fn expand_env_refs(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find("${") {
+        if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+            out.push_str(&rest[..pos - 1]);
+            out.push_str("${");
+            rest = &rest[pos + 2..];
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let end = after.find('}').ok_or_else(|| "unterminated `${` reference".to_string())?;
+        let name = &after[..end];
+        let var = std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&var);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// True for librdkafka property names whose values are secrets.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "jaas"].iter().any(|s| n.contains(s))
+}
+
+struct Redacted<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in self.0 {
+            if is_secret_property(k) {
+                m.entry(k, &"<redacted>");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("session_timeout", &self.session_timeout)
+            .field("properties", &Redacted(&self.properties))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("kafka", &self.kafka)
+            .field("wal", &self.wal.path)
+            .field("bigquery.project", &self.bigquery.project)
+            .field("bigquery.dataset", &self.bigquery.dataset)
+            .field("bigquery.endpoint", &self.bigquery.endpoint)
+            .field("bigquery.auth", &self.bigquery.auth)
+            .field("tables", &self.tables.iter().map(|t| &t.source).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[kafka]
+bootstrap_servers = "localhost:9092"
+group_id = "landfall"
+topics = ["dms"]
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.password" = "${LANDFALL_TEST_SECRET}"
+
+[wal]
+path = "/tmp/wal"
+
+[bigquery]
+project = "landfall-local"
+dataset = "d"
+endpoint = "http://127.0.0.1:9050/bigquery/v2"
+auth = { method = "none" }
+
+[[tables]]
+source = "sales.customers"
+log_table = "customers_log"
+final_table = "customers"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } ]
+"#;
+
+    #[test]
+    fn example_parses_and_expands_env_secrets() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "hunter2");
+        assert_eq!(c.bigquery.max_rows_per_request, 500);
+        assert_eq!(c.route("sales", "customers").unwrap().final_table, "customers");
+        assert!(c.route("sales", "orders").is_none());
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "secret leaked into Debug: {debug}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = EXAMPLE.replace("[wal]", "[wal]\nretension = \"1d\"");
+        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("retension"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        let cases = [
+            (EXAMPLE.replace("endpoint = \"http://127.0.0.1:9050/bigquery/v2\"\n", ""), "bigquery.auth"),
+            (EXAMPLE.replace("primary_key = [\"id\"]", "primary_key = [\"nope\"]"), "tables[0].primary_key"),
+            (EXAMPLE.replace("\"security.protocol\"", "\"enable.auto.commit\""), "enable.auto.commit"),
+            (EXAMPLE.replace("log_table = \"customers_log\"", "log_table = \"bad name; drop\""), "tables[0].log_table"),
+            (EXAMPLE.replace("name = \"name\"", "name = \"id\""), "tables[0].columns[1].name"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected `{key}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let text = EXAMPLE.replace("LANDFALL_TEST_SECRET", "LANDFALL_SURELY_UNSET_VAR");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("LANDFALL_SURELY_UNSET_VAR") && err.contains("sasl.password"), "{err}");
+    }
+
+    #[test]
+    fn env_expansion_escapes() {
+        std::env::set_var("LANDFALL_TEST_X", "v");
+        assert_eq!(expand_env_refs("a${LANDFALL_TEST_X}b$${c}").unwrap(), "avb${c}");
+        assert!(expand_env_refs("${unterminated").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The AWS DMS JSON envelope.
+//!
+//! ```json
+//! {"data": {"id": 1, "name": "a"},
+//!  "metadata": {"timestamp": "2026-11-27T03:28:32.123456Z", "record-type": "data",
+//!               "operation": "update", "partition-key-type": "primary-key",
+//!               "schema-name": "sales", "table-name": "customers",
+//!               "transaction-id": 12, "commit-timestamp": "...", "stream-position": "..."},
+//!  "before-image": {"id": 1}}
+//! ```
+//!
+//! `load`, `insert` and `update` are upserts, `delete` is a delete; a column
+//! missing from `data` is NULL. Control records are recognised and returned as
+//! [`Decoded::Control`]. Anything else is a [`Rejection`].
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{value, Change, Decoded, Op, Rejection};
+
+/// The DMS control operations (record-type `control`).
+pub const CONTROL_OPERATIONS: &[&str] = &[
+    "create-table",
+    "rename-table",
+    "drop-table",
+    "change-columns",
+    "add-column",
+    "drop-column",
+    "rename-column",
+    "column-type-change",
+];
+
+#[derive(Deserialize)]
+struct Envelope {
+    data: Option<Value>,
+    metadata: Metadata,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Metadata {
+    timestamp: Option<Value>,
+    record_type: Option<Value>,
+    operation: Option<Value>,
+    schema_name: Option<Value>,
+    table_name: Option<Value>,
+    commit_timestamp: Option<Value>,
+    stream_position: Option<Value>,
+    transaction_id: Option<Value>,
+    transaction_record_id: Option<Value>,
+}
+
+/// Decodes one message value. `before_image_field` is the top-level field
+/// DMS puts the before image under (`BeforeImageSettings.FieldName`).
+pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejection> {
+    let text = std::str::from_utf8(payload).map_err(|e| Rejection::NotUtf8(e.to_string()))?;
+    let root: Value = serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    if !root.is_object() {
+        return Err(Rejection::NotEnvelope("top level is not a JSON object".into()));
+    }
+    let mut env: Envelope = serde_json::from_value(root).map_err(|e| Rejection::NotEnvelope(e.to_string()))?;
+    let m = &env.metadata;
+    let record_type = required_str(&m.record_type, "record-type")?;
+    let operation = required_str(&m.operation, "operation")?;
+    let schema = optional_str(&m.schema_name, "schema-name")?;
+    let table = optional_str(&m.table_name, "table-name")?;
+    match record_type.as_str() {
+        "control" => {
+            if !CONTROL_OPERATIONS.contains(&operation.as_str()) {
+                return Err(Rejection::UnknownOperation(operation));
+            }
+            Ok(Decoded::Control { operation, schema, table })
+        }
+        "data" => {
+            let op = match operation.as_str() {
+                "load" | "insert" | "update" => Op::Upsert,
+                "delete" => Op::Delete,
+                _ => return Err(Rejection::UnknownOperation(operation)),
+            };
+            let schema = schema.ok_or(Rejection::BadMetadata { field: "schema-name", message: "missing".into() })?;
+            let table = table.ok_or(Rejection::BadMetadata { field: "table-name", message: "missing".into() })?;
+            let timestamp = required_str(&m.timestamp, "timestamp")?;
+            let timestamp_micros = value::parse_timestamp_micros(&timestamp)
+                .map_err(|message| Rejection::BadMetadata { field: "timestamp", message })?;
+            let commit_timestamp = optional_str(&m.commit_timestamp, "commit-timestamp")?;
+            let stream_position = optional_str(&m.stream_position, "stream-position")?;
+            let transaction_id = optional_scalar(&m.transaction_id, "transaction-id")?;
+            let transaction_record_id = optional_scalar(&m.transaction_record_id, "transaction-record-id")?;
+            let data = match env.data.take() {
+                Some(Value::Object(map)) => map,
+                Some(Value::Null) | None => return Err(Rejection::NotEnvelope("`data` is missing".into())),
+                Some(_) => return Err(Rejection::NotEnvelope("`data` is not an object".into())),
+            };
+            let before = match env.rest.remove(before_image_field) {
+                Some(Value::Object(map)) => Some(map),
+                None | Some(Value::Null) => None,
+                Some(_) => return Err(Rejection::NotEnvelope(format!("`{before_image_field}` is not an object"))),
+            };
+            Ok(Decoded::Row(Change {
+                schema,
+                table,
+                op,
+                operation,
+                data,
+                before,
+                timestamp,
+                timestamp_micros,
+                commit_timestamp,
+                stream_position,
+                transaction_id,
+                transaction_record_id,
+            }))
+        }
+        other => Err(Rejection::UnknownRecordType(other.to_owned())),
+    }
+}
+
+fn required_str(v: &Option<Value>, field: &'static str) -> Result<String, Rejection> {
+    optional_str(v, field)?.ok_or(Rejection::BadMetadata { field, message: "missing".into() })
+}
+
+fn optional_str(v: &Option<Value>, field: &'static str) -> Result<Option<String>, Rejection> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Rejection::BadMetadata { field, message: "must be a string".into() }),
+    }
+}
+
+fn optional_scalar(v: &Option<Value>, field: &'static str) -> Result<Option<String>, Rejection> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(Rejection::BadMetadata { field, message: "must be a string or number".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(op: &str, data: &str) -> Vec<u8> {
+        format!(
+            r#"{{"data":{data},"metadata":{{"timestamp":"2026-11-27T03:28:32.123456Z","record-type":"data","operation":"{op}","partition-key-type":"primary-key","schema-name":"sales","table-name":"customers"}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn upserts_and_deletes() {
+        for (op, expect) in [("load", Op::Upsert), ("insert", Op::Upsert), ("update", Op::Upsert), ("delete", Op::Delete)] {
+            let Decoded::Row(c) = decode(&msg(op, r#"{"id":1}"#), "before-image").unwrap() else { panic!() };
+            assert_eq!(c.op, expect);
+            assert_eq!(c.operation, op);
+            assert_eq!((c.schema.as_str(), c.table.as_str()), ("sales", "customers"));
+            assert_eq!(c.timestamp_micros, 1_795_750_112_123_456);
+            assert_eq!(c.data["id"], 1);
+        }
+    }
+
+    #[test]
+    fn transaction_details_and_before_image() {
+        let text = r#"{"data":{"id":2},"before-image":{"id":1},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"data","operation":"update","schema-name":"s","table-name":"t","transaction-id":77,"transaction-record-id":3,"commit-timestamp":"2026-11-27T03:28:31.5Z","stream-position":"mysql-bin.000024:373:1"}}"#;
+        let Decoded::Row(c) = decode(text.as_bytes(), "before-image").unwrap() else { panic!() };
+        assert_eq!(c.transaction_id.as_deref(), Some("77"));
+        assert_eq!(c.transaction_record_id.as_deref(), Some("3"));
+        assert_eq!(c.stream_position.as_deref(), Some("mysql-bin.000024:373:1"));
+        assert_eq!(c.commit_timestamp.as_deref(), Some("2026-11-27T03:28:31.5Z"));
+        assert_eq!(c.before.unwrap()["id"], 1);
+    }
+
+    #[test]
+    fn control_records_are_recognised() {
+        for op in CONTROL_OPERATIONS {
+            let text = format!(r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"}}}}"#);
+            assert!(matches!(decode(text.as_bytes(), "before-image").unwrap(), Decoded::Control { .. }), "{op}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"\xff\xfe".to_vec(), "UTF-8"),
+            (b"not json".to_vec(), "not valid JSON"),
+            (b"[1,2]".to_vec(), "not a JSON object"),
+            (b"{\"data\":{}}".to_vec(), "DMS envelope"),
+            (msg("upsert", "{}"), "unknown data operation"),
+            (msg("insert", "[1]"), "not an object"),
+            (msg("insert", "null"), "missing"),
+            (br#"{"data":{},"metadata":{"timestamp":"x","record-type":"data","operation":"insert","schema-name":"s","table-name":"t"}}"#.to_vec(), "metadata.timestamp"),
+            (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"ddl","operation":"insert"}}"#.to_vec(), "record-type"),
+            (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"data","operation":"insert","table-name":"t"}}"#.to_vec(), "schema-name"),
+            ("[".repeat(10_000).into_bytes(), "not valid JSON"),
+        ];
+        for (bytes, expect) in cases {
+            let err = decode(&bytes, "before-image").unwrap_err().to_string();
+            assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Decode: Kafka message bytes -> typed changes -> BigQuery log rows.
+//!
+//! Nothing here panics on input: every way a message can be wrong is a
+//! [`Rejection`] with a reason, and the pipeline dead-letters it. Names taken
+//! from messages are only compared with configured names; they never reach SQL.
+
+pub mod dms;
+pub mod ident;
+pub mod row;
+pub mod value;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// What a change does to its row in the final table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// DMS `load`, `insert`, `update`: the row now has these values.
+    Upsert,
+    /// DMS `delete`: the row is gone.
+    Delete,
+}
+
+impl Op {
+    /// The value of the log table's `_landfall_op` column.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Upsert => "U",
+            Op::Delete => "D",
+        }
+    }
+}
+
+/// One row change as the source database made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub schema: String,
+    pub table: String,
+    pub op: Op,
+    /// The source operation as DMS named it (`load`, `insert`, `update`, `delete`).
+    pub operation: String,
+    /// Column values after the change (for a delete: the deleted row or its key).
+    /// A column missing here is NULL (DMS omits NULLs by default).
+    pub data: Map<String, Value>,
+    /// The before image, when DMS was configured to send one.
+    pub before: Option<Map<String, Value>>,
+    /// `metadata.timestamp` (RFC 3339): when DMS built the message.
+    pub timestamp: String,
+    /// The same, in microseconds since the epoch.
+    pub timestamp_micros: i64,
+    pub commit_timestamp: Option<String>,
+    /// `metadata.stream-position`: the source log position, when present.
+    pub stream_position: Option<String>,
+    pub transaction_id: Option<String>,
+    pub transaction_record_id: Option<String>,
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Row(Change),
+    /// A DMS control record (create-table, add-column, ...): logged and acknowledged.
+    Control { operation: String, schema: Option<String>, table: Option<String> },
+}
+
+/// Why a message cannot become a row. The text is recorded with the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("message has no value (Kafka tombstone)")]
+    EmptyValue,
+    #[error("message is {size} bytes, more than the configured maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("message is not valid UTF-8: {0}")]
+    NotUtf8(String),
+    #[error("message is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("not an AWS DMS envelope: {0}")]
+    NotEnvelope(String),
+    #[error("unknown record-type `{0}`")]
+    UnknownRecordType(String),
+    #[error("unknown data operation `{0}`")]
+    UnknownOperation(String),
+    #[error("table `{0}` is not routed (no [[tables]] entry) and routing is strict")]
+    Unrouted(String),
+    #[error("{0}")]
+    Identifier(#[from] ident::IdentError),
+    #[error("column `{column}` is not configured for table `{table}` (add it to the table's columns)")]
+    UnknownColumn { table: String, column: String },
+    #[error("primary-key column `{0}` is missing or NULL")]
+    MissingPrimaryKey(String),
+    #[error("column `{column}`: {message}")]
+    BadValue { column: String, message: String },
+    #[error("metadata.{field}: {message}")]
+    BadMetadata { field: &'static str, message: String },
+    #[error("BigQuery rejected the row: {0}")]
+    RejectedBySink(String),
+}
+
+/// A BigQuery column type, as written in the config (`type = "INT64"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ColumnType {
+    String,
+    #[serde(alias = "INTEGER")]
+    Int64,
+    #[serde(alias = "FLOAT")]
+    Float64,
+    Numeric,
+    Bignumeric,
+    #[serde(alias = "BOOLEAN")]
+    Bool,
+    Timestamp,
+    Date,
+    Datetime,
+    Time,
+    Json,
+    Bytes,
+}
+
+impl ColumnType {
+    /// The type name in DDL and in the REST table schema.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ColumnType::String => "STRING",
+            ColumnType::Int64 => "INT64",
+            ColumnType::Float64 => "FLOAT64",
+            ColumnType::Numeric => "NUMERIC",
+            ColumnType::Bignumeric => "BIGNUMERIC",
+            ColumnType::Bool => "BOOL",
+            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::Date => "DATE",
+            ColumnType::Datetime => "DATETIME",
+            ColumnType::Time => "TIME",
+            ColumnType::Json => "JSON",
+            ColumnType::Bytes => "BYTES",
+        }
+    }
+}

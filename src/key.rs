@@ -1,0 +1,210 @@
+//! The dedup key: a blake3 hash of a change's content.
+//!
+//! Guarantee: the key is a pure function of the change's content (source
+//! table, operation, DMS timestamp and transaction details, the data and the
+//! before image, with JSON object keys in sorted order), never of where or
+//! when it was read. The same change redelivered by Kafka, or published twice
+//! by DMS, gets the same key on any node and after any restart. The key is the
+//! WAL key, the insertId (64 hex characters, within BigQuery's 128) and the
+//! `_landfall_key` column the MERGE de-duplicates by.
+//!
+//! Two distinct changes share a key only if their content is identical,
+//! including `metadata.timestamp` (microseconds): see docs/design.md, "Dedup key".
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::decode::Change;
+use crate::decode::row::Coords;
+
+/// Domain separation: changing the derivation means changing this string.
+const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v1";
+const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v1";
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupKey(pub [u8; 32]);
+
+impl DedupKey {
+    /// The key of part `part` of a change (0: the change itself; 1: the delete
+    /// of the old primary key when an update changed the key).
+    pub fn of_change(c: &Change, part: u8) -> DedupKey {
+        let mut h = blake3::Hasher::new_derive_key(CHANGE_CONTEXT);
+        field(&mut h, c.schema.as_bytes());
+        field(&mut h, c.table.as_bytes());
+        field(&mut h, c.operation.as_bytes());
+        field(&mut h, c.timestamp.as_bytes());
+        opt_field(&mut h, c.commit_timestamp.as_deref());
+        opt_field(&mut h, c.stream_position.as_deref());
+        opt_field(&mut h, c.transaction_id.as_deref());
+        opt_field(&mut h, c.transaction_record_id.as_deref());
+        let mut buf = Vec::with_capacity(256);
+        canonical_object(&mut buf, &c.data);
+        field(&mut h, &buf);
+        match &c.before {
+            Some(b) => {
+                buf.clear();
+                canonical_object(&mut buf, b);
+                h.update(&[1]);
+                field(&mut h, &buf);
+            }
+            None => {
+                h.update(&[0]);
+            }
+        }
+        h.update(&[part]);
+        DedupKey(*h.finalize().as_bytes())
+    }
+
+    /// The key of a dead letter: its position in Kafka (a dead letter has no
+    /// trustworthy content to hash, and each position is recorded once).
+    pub fn of_dead_letter(at: &Coords) -> DedupKey {
+        let mut h = blake3::Hasher::new_derive_key(DEAD_LETTER_CONTEXT);
+        field(&mut h, at.topic.as_bytes());
+        h.update(&at.partition.to_be_bytes());
+        h.update(&at.offset.to_be_bytes());
+        DedupKey(*h.finalize().as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    pub fn from_hex(s: &str) -> Option<DedupKey> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(DedupKey(out))
+    }
+}
+
+impl fmt::Debug for DedupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DedupKey({})", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for DedupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn opt_field(h: &mut blake3::Hasher, v: Option<&str>) {
+    match v {
+        Some(s) => {
+            h.update(&[1]);
+            field(h, s.as_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+}
+
+/// Canonical JSON: object keys sorted by their bytes, no whitespace, numbers
+/// and strings as serde_json writes them.
+fn canonical(buf: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Object(m) => canonical_object(buf, m),
+        Value::Array(items) => {
+            buf.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                canonical(buf, item);
+            }
+            buf.push(b']');
+        }
+        scalar => {
+            // Serializing a scalar Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, scalar);
+        }
+    }
+}
+
+fn canonical_object(buf: &mut Vec<u8>, m: &Map<String, Value>) {
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    buf.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *buf, k);
+        buf.push(b':');
+        canonical(buf, v);
+    }
+    buf.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{dms, Decoded};
+
+    fn change(text: &str) -> Change {
+        match dms::decode(text.as_bytes(), "before-image").unwrap() {
+            Decoded::Row(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const A: &str = r#"{"data":{"id":1,"name":"a","tags":{"y":1,"x":2}},"metadata":{"timestamp":"2026-11-27T03:28:32.000001Z","record-type":"data","operation":"update","schema-name":"s","table-name":"t"}}"#;
+
+    #[test]
+    fn same_content_same_key_regardless_of_formatting_and_key_order() {
+        let reordered = r#"{ "metadata": {"table-name":"t","schema-name":"s","operation":"update","record-type":"data","timestamp":"2026-11-27T03:28:32.000001Z"},
+            "data": {"tags":{"x":2,"y":1}, "name":"a", "id":1} }"#;
+        assert_eq!(DedupKey::of_change(&change(A), 0), DedupKey::of_change(&change(reordered), 0));
+    }
+
+    #[test]
+    fn any_content_difference_changes_the_key() {
+        let base = DedupKey::of_change(&change(A), 0);
+        for variant in [
+            A.replace("\"a\"", "\"b\""),
+            A.replace(".000001Z", ".000002Z"),
+            A.replace("\"update\"", "\"insert\""),
+            A.replace("\"s\"", "\"s2\""),
+            A.replace("\"t\"", "\"t2\""),
+            A.replace("\"x\":2", "\"x\":3"),
+        ] {
+            assert_ne!(DedupKey::of_change(&change(&variant), 0), base, "{variant}");
+        }
+        assert_ne!(DedupKey::of_change(&change(A), 1), base);
+    }
+
+    #[test]
+    fn hex_round_trip_and_insert_id_length() {
+        let k = DedupKey::of_change(&change(A), 0);
+        let hex = k.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.len() <= 128, "BigQuery insertId limit");
+        assert_eq!(DedupKey::from_hex(&hex), Some(k));
+        assert_eq!(DedupKey::from_hex("zz"), None);
+        assert_eq!(DedupKey::from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn dead_letter_keys_differ_by_position() {
+        let a = Coords { topic: "t".into(), partition: 0, offset: 1 };
+        let b = Coords { topic: "t".into(), partition: 0, offset: 2 };
+        assert_ne!(DedupKey::of_dead_letter(&a), DedupKey::of_dead_letter(&b));
+        assert_eq!(DedupKey::of_dead_letter(&a), DedupKey::of_dead_letter(&a.clone()));
+    }
+}

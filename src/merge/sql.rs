@@ -1,0 +1,201 @@
+//! Building the MERGE statement (pure: text in, text out).
+//!
+//! Guarantee (invariant 4 in docs/design.md): the statement
+//!
+//! 1. reads only log rows whose `_landfall_ingested` lies in the window;
+//! 2. keeps one row per dedup key (`_landfall_key`), so duplicates that got
+//!    past insertId dedup count once;
+//! 3. keeps the latest change per primary key by `_landfall_order`;
+//! 4. applies it only if it is newer than what the final table holds
+//!    (`_landfall_order` is kept in the final table), so an older change
+//!    never overwrites a newer one, whatever order merges see them in;
+//! 5. deletes for `D`, updates or inserts for `U`.
+//!
+//! Every identifier is a [`Quoted`], i.e. validated and backtick-quoted.
+//! Timestamps are formatted here from integers, never copied from input.
+
+use crate::decode::ident::{IdentError, Quoted};
+use crate::decode::row::{COL_INGESTED, COL_KEY, COL_OP, COL_ORDER};
+use crate::decode::value::format_timestamp_micros;
+
+/// The inclusive range of `_landfall_ingested` (microseconds) a merge reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from_micros: Option<i64>,
+    pub to_micros: i64,
+}
+
+/// What a MERGE folds into what.
+#[derive(Debug, Clone)]
+pub struct MergeTarget {
+    pub log: Quoted,
+    pub target: Quoted,
+    pub primary_key: Vec<Quoted>,
+    /// Every source column, primary key included.
+    pub columns: Vec<Quoted>,
+}
+
+impl MergeTarget {
+    pub fn new(project: &str, dataset: &str, log: &str, target: &str, pk: &[String], columns: &[String]) -> Result<Self, IdentError> {
+        Ok(MergeTarget {
+            log: Quoted::table_path(project, dataset, log)?,
+            target: Quoted::table_path(project, dataset, target)?,
+            primary_key: pk.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
+            columns: columns.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+pub fn timestamp_literal(micros: i64) -> String {
+    format!("TIMESTAMP '{}'", format_timestamp_micros(micros))
+}
+
+fn window_filter(w: &Window) -> String {
+    let ingested = Quoted::internal(COL_INGESTED);
+    let mut f = format!("{ingested} <= {}", timestamp_literal(w.to_micros));
+    if let Some(from) = w.from_micros {
+        f = format!("{ingested} >= {} AND {f}", timestamp_literal(from));
+    }
+    f
+}
+
+/// The MERGE of `t.log` into `t.target` over `window`.
+pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
+    let (key, op, order, ingested) =
+        (Quoted::internal(COL_KEY), Quoted::internal(COL_OP), Quoted::internal(COL_ORDER), Quoted::internal(COL_INGESTED));
+    let cols = t.columns.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    let pk = t.primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    let on = t.primary_key.iter().map(|c| format!("T.{c} = S.{c}")).collect::<Vec<_>>().join(" AND ");
+    let set = t
+        .columns
+        .iter()
+        .chain([&order, &key])
+        .map(|c| format!("{c} = S.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert_cols = format!("{cols}, {order}, {key}");
+    let insert_vals = t.columns.iter().chain([&order, &key]).map(|c| format!("S.{c}")).collect::<Vec<_>>().join(", ");
+    let newer = format!("(T.{order} IS NULL OR S.{order} > T.{order})");
+    format!(
+        "MERGE {target} AS T\n\
+         USING (\n\
+         \x20 SELECT * EXCEPT(_landfall_rn) FROM (\n\
+         \x20   SELECT {cols}, {op}, {order}, {key},\n\
+         \x20     ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY {order} DESC, {key} DESC) AS _landfall_rn\n\
+         \x20   FROM (\n\
+         \x20     SELECT * FROM {log}\n\
+         \x20     WHERE {filter}\n\
+         \x20     QUALIFY ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {ingested}) = 1\n\
+         \x20   )\n\
+         \x20 ) WHERE _landfall_rn = 1\n\
+         ) AS S\n\
+         ON {on}\n\
+         WHEN MATCHED AND {newer} AND S.{op} = 'D' THEN DELETE\n\
+         WHEN MATCHED AND {newer} AND S.{op} = 'U' THEN UPDATE SET {set}\n\
+         WHEN NOT MATCHED AND S.{op} = 'U' THEN INSERT ({insert_cols}) VALUES ({insert_vals})",
+        target = t.target,
+        log = t.log,
+        filter = window_filter(window),
+    )
+}
+
+/// The newest `_landfall_ingested` at or after `from` (the merge's upper bound).
+pub fn max_ingested_statement(log: &Quoted, from_micros: Option<i64>) -> String {
+    let ingested = Quoted::internal(COL_INGESTED);
+    let filter = match from_micros {
+        Some(f) => format!("WHERE {ingested} >= {}", timestamp_literal(f)),
+        None => String::new(),
+    };
+    format!("SELECT UNIX_MICROS(MAX({ingested})) FROM {log} {filter}")
+}
+
+/// `final_table` is a validated table name; it is used as a string literal.
+pub fn read_watermark_statement(state: &Quoted, final_table: &str) -> Result<String, IdentError> {
+    crate::decode::ident::validate_table(final_table)?;
+    Ok(format!("SELECT UNIX_MICROS(watermark) FROM {state} WHERE final_table = '{final_table}'"))
+}
+
+pub fn write_watermark_statement(state: &Quoted, final_table: &str, micros: i64) -> Result<String, IdentError> {
+    crate::decode::ident::validate_table(final_table)?;
+    let ts = timestamp_literal(micros);
+    Ok(format!(
+        "MERGE {state} AS T USING (SELECT '{final_table}' AS final_table) AS S ON T.final_table = S.final_table\n\
+         WHEN MATCHED THEN UPDATE SET watermark = {ts}, updated_at = CURRENT_TIMESTAMP()\n\
+         WHEN NOT MATCHED THEN INSERT (final_table, watermark, updated_at) VALUES (S.final_table, {ts}, CURRENT_TIMESTAMP())"
+    ))
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for a final table, keyed (NOT ENFORCED, as
+/// BigQuery allows) and clustered by its primary key.
+pub fn create_final_table_statement(
+    target: &Quoted,
+    columns: &[(Quoted, &'static str)],
+    primary_key: &[Quoted],
+) -> String {
+    let mut defs: Vec<String> = columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
+    defs.push(format!("{} STRING", Quoted::internal(COL_ORDER)));
+    defs.push(format!("{} STRING", Quoted::internal(COL_KEY)));
+    let pk = primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    defs.push(format!("PRIMARY KEY ({pk}) NOT ENFORCED"));
+    let cluster = primary_key.iter().take(4).map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    format!("CREATE TABLE IF NOT EXISTS {target} (\n  {}\n) CLUSTER BY {cluster}", defs.join(",\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> MergeTarget {
+        MergeTarget::new(
+            "landfall-local",
+            "cdc",
+            "orders_log",
+            "orders",
+            &["tenant".into(), "id".into()],
+            &["tenant".into(), "id".into(), "amount".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn merge_has_every_clause() {
+        let sql = merge_statement(&target(), &Window { from_micros: Some(1_000_000), to_micros: 2_000_000 });
+        for needle in [
+            "MERGE `landfall-local.cdc.orders` AS T",
+            "FROM `landfall-local.cdc.orders_log`",
+            "`_landfall_ingested` >= TIMESTAMP '1970-01-01T00:00:01.000000Z' AND `_landfall_ingested` <= TIMESTAMP '1970-01-01T00:00:02.000000Z'",
+            "QUALIFY ROW_NUMBER() OVER (PARTITION BY `_landfall_key` ORDER BY `_landfall_ingested`) = 1",
+            "PARTITION BY `tenant`, `id` ORDER BY `_landfall_order` DESC",
+            "ON T.`tenant` = S.`tenant` AND T.`id` = S.`id`",
+            "S.`_landfall_order` > T.`_landfall_order`",
+            "THEN DELETE",
+            "UPDATE SET `tenant` = S.`tenant`, `id` = S.`id`, `amount` = S.`amount`, `_landfall_order` = S.`_landfall_order`",
+            "WHEN NOT MATCHED AND S.`_landfall_op` = 'U' THEN INSERT (`tenant`, `id`, `amount`, `_landfall_order`, `_landfall_key`)",
+        ] {
+            assert!(sql.contains(needle), "missing {needle:?} in\n{sql}");
+        }
+        let full = merge_statement(&target(), &Window { from_micros: None, to_micros: 5 });
+        assert!(!full.contains(">="), "{full}");
+    }
+
+    #[test]
+    fn identifiers_from_outside_cannot_be_injected() {
+        for bad in ["x` WHERE 1=1; --", "a b", "x'", "_landfall_key"] {
+            assert!(MergeTarget::new("landfall-local", "cdc", "l", "f", &[bad.into()], &[bad.into()]).is_err(), "{bad}");
+            assert!(MergeTarget::new("landfall-local", "cdc", bad, "f", &["id".into()], &["id".into()]).is_err() || bad == "_landfall_key");
+        }
+        let state = Quoted::table_path("landfall-local", "cdc", "state").unwrap();
+        assert!(read_watermark_statement(&state, "t' OR '1'='1").is_err());
+        assert!(write_watermark_statement(&state, "t'", 1).is_err());
+    }
+
+    #[test]
+    fn create_final_table_is_keyed_and_clustered() {
+        let t = target();
+        let cols = vec![(t.columns[0].clone(), "STRING"), (t.columns[1].clone(), "INT64"), (t.columns[2].clone(), "NUMERIC")];
+        let sql = create_final_table_statement(&t.target, &cols, &t.primary_key);
+        assert!(sql.contains("PRIMARY KEY (`tenant`, `id`) NOT ENFORCED"), "{sql}");
+        assert!(sql.contains("CLUSTER BY `tenant`, `id`"), "{sql}");
+        assert!(sql.contains("`_landfall_order` STRING"), "{sql}");
+    }
+}

@@ -1,0 +1,554 @@
+//! The driver: Kafka -> decode -> WAL -> BigQuery -> landed -> offset commit.
+//!
+//! # The order of durability steps (docs/design.md, invariants 1-3)
+//!
+//! For every batch of messages:
+//!
+//! 1. each message is decoded into log rows, or into a dead-letter row with
+//!    its reason; every row has its dedup key;
+//! 2. rows whose key the WAL already resolved are not shipped again (their
+//!    messages complete at once); rows whose key is in flight wait for it;
+//!    the rest are written to the WAL as pending, **flushed**;
+//! 3. the rows are shipped with insertAll, insertId = dedup key;
+//! 4. accepted rows are marked landed, rejected rows are recorded as dead
+//!    letters and shipped to the dead-letter table, and the marks are
+//!    **flushed** in one WAL batch;
+//! 5. only then are the messages complete in the commit tracker, and the
+//!    commit point of a partition (the lowest incomplete offset) is committed.
+//!
+//! On start, pending WAL records are re-shipped with their original insertIds
+//! before anything new is consumed.
+//!
+//! Memory is bounded: at most `pipeline.max_inflight_batches` batches of at
+//! most `pipeline.batch_max_messages` messages are between Kafka and BigQuery.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::Message;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, TableConfig};
+use crate::decode::row::{self, Coords, COL_KEY};
+use crate::decode::{dms, Decoded, Rejection};
+use crate::key::DedupKey;
+use crate::log::{now_ms, DeadLetter, KeyState, PendingRecord, Wal, WalBatch, WalError};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::sink::schema::*;
+use crate::sink::{RowOutcome, ShipRow, Sink, SinkError};
+use crate::source::kafka::{self, RebalanceEvent, SourceError};
+use crate::source::tracker::{TopicPartition, Tracker};
+
+/// Dead letters keep at most this much of the message value (plus its hash and length).
+pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("WAL record {key} holds a row that is not JSON ({message}); the WAL is damaged")]
+    BadRecord { key: String, message: String },
+    #[error("a WAL task failed: {0}")]
+    Task(String),
+}
+
+/// Where the bridge stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shut down cleanly: everything read was landed and committed.
+    Drained,
+    /// Shut down with changes in flight (drain timeout): they are pending in
+    /// the WAL or will be redelivered; nothing was acknowledged for them.
+    Interrupted,
+}
+
+/// A message read from Kafka, owned.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What becomes of one message.
+#[derive(Debug)]
+pub enum Plan {
+    /// Rows for log tables.
+    Rows(Vec<(String, row::LogRow)>),
+    /// A dead letter, to be recorded and shipped to the dead-letter table.
+    Dead(DeadLetter),
+    /// Nothing to ship (control record, unrouted table in non-strict mode).
+    Ack,
+}
+
+/// Decides what becomes of a message. Never panics.
+pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
+    let at = Coords { topic: msg.topic.clone(), partition: msg.partition, offset: msg.offset };
+    let result = (|| {
+        let payload = msg.payload.as_deref().ok_or(Rejection::EmptyValue)?;
+        if payload.len() > cfg.pipeline.max_message_bytes {
+            return Err(Rejection::TooLarge { size: payload.len(), max: cfg.pipeline.max_message_bytes });
+        }
+        match dms::decode(payload, "before-image")? {
+            Decoded::Control { operation, schema, table } => {
+                tracing::info!(operation, ?schema, ?table, topic = %at.topic, partition = at.partition, offset = at.offset, "DMS control record acknowledged");
+                Metrics::add(&metrics.control_records, 1);
+                Ok(Plan::Ack)
+            }
+            Decoded::Row(change) => match cfg.route(&change.schema, &change.table) {
+                Some(route) => {
+                    let rows = row::build(&change, route, &at)?;
+                    Ok(Plan::Rows(rows.into_iter().map(|r| (route.log_table.clone(), r)).collect()))
+                }
+                None if cfg.pipeline.strict_routing => Err(Rejection::Unrouted(format!("{}.{}", change.schema, change.table))),
+                None => {
+                    Metrics::add(&metrics.skipped, 1);
+                    Ok(Plan::Ack)
+                }
+            },
+        }
+    })();
+    match result {
+        Ok(p) => p,
+        Err(rejection) => Plan::Dead(dead_letter(&at, msg.payload.as_deref().unwrap_or_default(), rejection.to_string())),
+    }
+}
+
+pub fn dead_letter(at: &Coords, payload: &[u8], reason: String) -> DeadLetter {
+    DeadLetter {
+        topic: at.topic.clone(),
+        partition: at.partition,
+        offset: at.offset,
+        reason,
+        payload_prefix: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_LIMIT)].to_vec(),
+        payload_len: payload.len() as u64,
+        payload_hash: *blake3::hash(payload).as_bytes(),
+        at_ms: now_ms(),
+    }
+}
+
+/// The dead-letter table row of a dead letter.
+pub fn dead_letter_row(d: &DeadLetter) -> ShipRow {
+    use base64::Engine;
+    let key = DedupKey::of_dead_letter(&Coords { topic: d.topic.clone(), partition: d.partition, offset: d.offset });
+    let mut json = Map::new();
+    json.insert(COL_KEY.into(), Value::String(key.to_hex()));
+    json.insert(COL_DL_TOPIC.into(), Value::String(d.topic.clone()));
+    json.insert(COL_DL_PARTITION.into(), Value::from(d.partition));
+    json.insert(COL_DL_OFFSET.into(), Value::from(d.offset));
+    json.insert(COL_DL_REASON.into(), Value::String(d.reason.clone()));
+    json.insert(COL_DL_PAYLOAD.into(), Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload_prefix)));
+    json.insert(COL_DL_PAYLOAD_LEN.into(), Value::from(d.payload_len));
+    json.insert(COL_DL_PAYLOAD_HASH.into(), Value::String(blake3::Hash::from(d.payload_hash).to_hex().to_string()));
+    json.insert(COL_DL_AT.into(), Value::String(crate::decode::value::format_timestamp_micros(d.at_ms as i64 * 1000)));
+    ShipRow { key, json }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, WalError> + Send + 'static) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| PipelineError::Task(e.to_string()))?.map_err(PipelineError::from)
+}
+
+/// Rows grouped by destination table.
+pub type Groups = Vec<(String, Vec<ShipRow>)>;
+
+fn group(rows: impl IntoIterator<Item = (String, ShipRow)>) -> Groups {
+    let mut map: HashMap<String, Vec<ShipRow>> = HashMap::new();
+    for (table, row) in rows {
+        map.entry(table).or_default().push(row);
+    }
+    let mut v: Groups = map.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Steps 3 and 4: ships `groups` (already pending in the WAL), records the
+/// outcomes durably, and returns the keys that are now resolved.
+pub async fn ship_and_land(
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    dead_letter_table: &str,
+    groups: Groups,
+    metrics: &Metrics,
+) -> Result<Result<Vec<DedupKey>, SinkError>, PipelineError> {
+    let shipped = futures::future::join_all(groups.iter().map(|(table, rows)| sink.ship(table, rows))).await;
+    let mut batch = WalBatch::default();
+    let mut resolved = Vec::new();
+    let mut dead = Vec::new();
+    let now = now_ms();
+    for ((table, rows), outcome) in groups.iter().zip(shipped) {
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        for (row, o) in rows.iter().zip(outcome) {
+            match o {
+                RowOutcome::Landed => {
+                    batch.landed(&row.key, now);
+                    resolved.push(row.key);
+                }
+                RowOutcome::Rejected(reason) if table != dead_letter_table => {
+                    tracing::warn!(table, key = %row.key, reason, "row rejected by BigQuery; dead-lettering it");
+                    let (topic, partition, offset) = coords_of(&row.json);
+                    let payload = serde_json::to_vec(&row.json).unwrap_or_default();
+                    let mut d = dead_letter(&Coords { topic, partition, offset }, &payload, Rejection::RejectedBySink(reason).to_string());
+                    d.at_ms = now;
+                    batch.rejected(&row.key, now);
+                    resolved.push(row.key);
+                    dead.push(d);
+                }
+                RowOutcome::Rejected(reason) => {
+                    // The dead-letter table refused the dead letter itself: it
+                    // stays in the WAL's dead-letter store, durable and listed
+                    // by `landfall dlq list`; nothing is lost.
+                    tracing::error!(key = %row.key, reason, "dead-letter table rejected a dead letter; it is kept in the WAL only");
+                    batch.rejected(&row.key, now);
+                    resolved.push(row.key);
+                }
+            }
+        }
+    }
+    Metrics::add(&metrics.landed, resolved.len().saturating_sub(dead.len()) as u64);
+    if !dead.is_empty() {
+        // Record the dead letters (and their rows as pending) in the same
+        // durable batch as the rejection marks, then ship them.
+        let rows: Vec<ShipRow> = dead.iter().map(dead_letter_row).collect();
+        for (d, r) in dead.iter().zip(&rows) {
+            batch.dead_letter(d);
+            batch.pending(&r.key, &pending_record(dead_letter_table, r));
+        }
+        Metrics::add(&metrics.dead_lettered, dead.len() as u64);
+        let w = wal.clone();
+        blocking(move || w.commit(batch)).await?;
+        let more = Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], metrics)).await?;
+        return Ok(more.map(|keys| {
+            resolved.extend(keys);
+            resolved
+        }));
+    }
+    let w = wal.clone();
+    blocking(move || w.commit(batch)).await?;
+    Ok(Ok(resolved))
+}
+
+fn coords_of(json: &Map<String, Value>) -> (String, i32, i64) {
+    (
+        json.get(row::COL_TOPIC).and_then(Value::as_str).unwrap_or("").to_owned(),
+        json.get(row::COL_PARTITION).and_then(Value::as_i64).unwrap_or(-1) as i32,
+        json.get(row::COL_OFFSET).and_then(Value::as_i64).unwrap_or(-1),
+    )
+}
+
+fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
+    PendingRecord { table: table.to_owned(), row: serde_json::to_vec(&row.json).unwrap_or_default(), written_at_ms: now_ms() }
+}
+
+/// Re-ships every pending WAL record with its original insertId.
+/// Returns how many were recovered.
+pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Metrics) -> Result<Result<usize, SinkError>, PipelineError> {
+    const CHUNK: usize = 20_000;
+    let mut total = 0;
+    loop {
+        let w = wal.clone();
+        let chunk: Vec<(DedupKey, PendingRecord)> = blocking(move || w.pending().take(CHUNK).collect()).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        let mut rows = Vec::with_capacity(n);
+        for (key, rec) in chunk {
+            let json: Map<String, Value> = serde_json::from_slice(&rec.row)
+                .map_err(|e| PipelineError::BadRecord { key: key.to_hex(), message: e.to_string() })?;
+            rows.push((rec.table, ShipRow { key, json }));
+        }
+        tracing::info!(records = n, "re-shipping pending WAL records");
+        match ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), metrics).await? {
+            Ok(_) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        Metrics::add(&metrics.recovered, n as u64);
+        total += n;
+    }
+    Ok(Ok(total))
+}
+
+/// One message waiting for its rows to resolve.
+struct Waiting {
+    tp: TopicPartition,
+    epoch: u64,
+    offset: i64,
+    remaining: usize,
+}
+
+/// The coordinator's bookkeeping of in-flight work.
+#[derive(Default)]
+struct InFlight {
+    next_id: u64,
+    msgs: HashMap<u64, Waiting>,
+    keys: HashMap<DedupKey, Vec<u64>>,
+}
+
+struct BatchDone {
+    result: Result<Result<Vec<DedupKey>, SinkError>, PipelineError>,
+}
+
+/// Options of one run of the bridge.
+pub struct RunOptions {
+    /// How long a shutdown waits for in-flight batches to land.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Runs the bridge until `shutdown` turns true (or a fatal error).
+/// `abort` is raised when draining times out; the sink given here must watch it.
+pub async fn run(
+    cfg: Arc<Config>,
+    wal: Wal,
+    sink: Arc<dyn Sink>,
+    metrics: SharedMetrics,
+    mut shutdown: watch::Receiver<bool>,
+    abort: watch::Sender<bool>,
+    opts: RunOptions,
+) -> Result<Stopped, PipelineError> {
+    match recover(&wal, &sink, &cfg, &metrics).await? {
+        Ok(n) if n > 0 => tracing::info!(records = n, "recovery complete"),
+        Ok(_) => {}
+        Err(SinkError::Shutdown) => return Ok(Stopped::Interrupted),
+    }
+    let (consumer, ctx) = kafka::subscribe(&cfg.kafka)?;
+    let mut tracker = Tracker::default();
+    let mut inflight = InFlight::default();
+    let (done_tx, mut done_rx) = mpsc::channel::<BatchDone>(cfg.pipeline.max_inflight_batches + 1);
+    let mut batches_in_flight = 0usize;
+    let mut batch: Vec<Msg> = Vec::with_capacity(cfg.pipeline.batch_max_messages);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut summary = tokio::time::interval(cfg.observability.summary_interval);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(cfg.wal.prune_interval);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = *shutdown.borrow();
+
+    loop {
+        if stopping && batch.is_empty() && batches_in_flight == 0 {
+            break;
+        }
+        let can_read = !stopping && batches_in_flight < cfg.pipeline.max_inflight_batches && batch.len() < cfg.pipeline.batch_max_messages;
+        let flush_now = !batch.is_empty()
+            && (batch.len() >= cfg.pipeline.batch_max_messages || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
+        if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
+            let msgs = std::mem::take(&mut batch);
+            deadline = None;
+            let groups = prepare(&cfg, &wal, &metrics, &mut tracker, &mut inflight, msgs).await?;
+            commit_ready(&consumer, &mut tracker, &metrics);
+            if !groups.is_empty() {
+                batches_in_flight += 1;
+                let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
+                let dlq = cfg.bigquery.dead_letter_table.clone();
+                tokio::spawn(async move {
+                    let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await;
+                    let _ = tx.send(BatchDone { result }).await;
+                });
+            }
+            continue;
+        }
+        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            Some(done) = done_rx.recv() => {
+                batches_in_flight -= 1;
+                match done.result? {
+                    Ok(keys) => {
+                        resolve(&mut tracker, &mut inflight, &keys);
+                        commit_ready(&consumer, &mut tracker, &metrics);
+                    }
+                    Err(SinkError::Shutdown) => {
+                        // Aborted: what was in flight stays pending in the WAL.
+                        return Ok(Stopped::Interrupted);
+                    }
+                }
+            }
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                tracing::info!(in_flight = batches_in_flight, "shutdown requested: draining in-flight batches");
+                let abort = abort.clone();
+                let timeout = opts.drain_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let _ = abort.send(true);
+                });
+            }
+            msg = consumer.recv(), if can_read => {
+                drain_rebalance_events(&ctx, &mut tracker);
+                match msg {
+                    Ok(m) => {
+                        Metrics::add(&metrics.consumed, 1);
+                        if batch.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
+                        }
+                        batch.push(Msg { topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), payload: m.payload().map(<[u8]>::to_vec) });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {}
+            _ = summary.tick() => metrics.log_summary(),
+            _ = prune.tick() => {
+                let w = wal.clone();
+                let before = now_ms().saturating_sub(cfg.wal.retention.as_millis() as u64);
+                match blocking(move || w.prune(before)).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned landed WAL records past retention"),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    // Everything read has landed: commit synchronously before leaving.
+    let points: Vec<_> = tracker.commit_points().into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect();
+    if !points.is_empty() {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((t, p), o) in &points {
+            let _ = tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o));
+        }
+        if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; the next start re-reads and the WAL absorbs the duplicates");
+        }
+    }
+    metrics.log_summary();
+    Ok(Stopped::Drained)
+}
+
+fn drain_rebalance_events(ctx: &kafka::SourceContext, tracker: &mut Tracker) {
+    let events: Vec<RebalanceEvent> = std::mem::take(&mut *ctx.events.lock().unwrap_or_else(|e| e.into_inner()));
+    for e in events {
+        if let RebalanceEvent::Revoked(parts) = e {
+            for tp in parts {
+                tracker.revoke(&tp);
+            }
+        }
+    }
+}
+
+fn commit_ready(consumer: &kafka::Source, tracker: &mut Tracker, metrics: &Metrics) {
+    let points = tracker.take_commits();
+    if points.is_empty() {
+        return;
+    }
+    match kafka::commit(consumer, &points) {
+        Ok(()) => {
+            Metrics::add(&metrics.commits, 1);
+            metrics.record_commits(&points);
+        }
+        Err(e) => tracing::warn!(error = %e, "offset commit failed; a later commit covers it"),
+    }
+}
+
+fn resolve(tracker: &mut Tracker, inflight: &mut InFlight, keys: &[DedupKey]) {
+    for key in keys {
+        for id in inflight.keys.remove(key).unwrap_or_default() {
+            if let Some(w) = inflight.msgs.get_mut(&id) {
+                w.remaining -= 1;
+                if w.remaining == 0 {
+                    let w = inflight.msgs.remove(&id).expect("present");
+                    tracker.complete(&w.tp, w.epoch, w.offset);
+                }
+            }
+        }
+    }
+}
+
+/// Steps 1 and 2 for a batch: plans every message, registers what each waits
+/// for, and writes new rows to the WAL (durably). Returns the rows to ship.
+async fn prepare(
+    cfg: &Config,
+    wal: &Wal,
+    metrics: &Metrics,
+    tracker: &mut Tracker,
+    inflight: &mut InFlight,
+    msgs: Vec<Msg>,
+) -> Result<Groups, PipelineError> {
+    let mut wal_batch = WalBatch::default();
+    let mut to_ship: Vec<(String, ShipRow)> = Vec::new();
+    for msg in msgs {
+        let tp = (msg.topic.clone(), msg.partition);
+        let epoch = tracker.begin(&tp, msg.offset);
+        let rows: Vec<(String, ShipRow)> = match plan(cfg, &msg, metrics) {
+            Plan::Ack => Vec::new(),
+            Plan::Rows(rows) => rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect(),
+            Plan::Dead(d) => {
+                tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason, "dead-lettering message");
+                let row = dead_letter_row(&d);
+                if wal.state(&row.key)? == KeyState::Absent && !inflight.keys.contains_key(&row.key) {
+                    wal_batch.dead_letter(&d);
+                    Metrics::add(&metrics.dead_lettered, 1);
+                }
+                vec![(cfg.bigquery.dead_letter_table.clone(), row)]
+            }
+        };
+        let id = inflight.next_id;
+        inflight.next_id += 1;
+        let mut remaining = 0;
+        for (table, row) in rows {
+            if let Some(waiters) = inflight.keys.get_mut(&row.key) {
+                waiters.push(id);
+                remaining += 1;
+                Metrics::add(&metrics.duplicates_absorbed, 1);
+                continue;
+            }
+            match wal.state(&row.key)? {
+                KeyState::Resolved => {
+                    Metrics::add(&metrics.duplicates_absorbed, 1);
+                }
+                KeyState::Absent | KeyState::Pending => {
+                    wal_batch.pending(&row.key, &pending_record(&table, &row));
+                    inflight.keys.insert(row.key, vec![id]);
+                    remaining += 1;
+                    to_ship.push((table, row));
+                }
+            }
+        }
+        if remaining == 0 {
+            tracker.complete(&tp, epoch, msg.offset);
+        } else {
+            inflight.msgs.insert(id, Waiting { tp, epoch, offset: msg.offset, remaining });
+        }
+    }
+    let w = wal.clone();
+    blocking(move || w.commit(wal_batch)).await?;
+    Ok(group(to_ship))
+}
+
+/// The routes of a config, for callers that need a table by source name.
+pub fn routes(cfg: &Config) -> HashMap<String, TableConfig> {
+    cfg.tables.iter().map(|t| (t.source.clone(), t.clone())).collect()
+}
+
+/// Consumer group lag helper for tests and the demo: the committed offset
+/// of every partition of `topic` for the group in `cfg`.
+pub fn committed_offsets(cfg: &Config, topic: &str, partitions: i32) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(&cfg.kafka).create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok((0..partitions)
+        .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => 0,
+        })
+        .collect())
+}

@@ -1,0 +1,289 @@
+//! Shipping rows with `tabledata.insertAll`.
+//!
+//! Guarantee: [`Sink::ship`] returns an outcome for every row only when that
+//! row is either accepted by BigQuery ([`RowOutcome::Landed`]) or rejected
+//! permanently with a reason ([`RowOutcome::Rejected`]); it never reports a
+//! row it did not get an answer for. Transient failures (429, 5xx, timeouts,
+//! connection errors, rows answered `stopped`) are retried with exponential
+//! backoff and jitter until they succeed or shutdown is requested, in which
+//! case nothing is reported and the caller acknowledges nothing.
+//!
+//! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
+//! bytes; the insertId of every row is its dedup key. A request BigQuery
+//! refuses as a whole (HTTP 400) is split in halves until the bad row is
+//! alone, so one bad row never blocks the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
+use gcp_bigquery_client::model::table_data_insert_all_request_rows::TableDataInsertAllRequestRows;
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Semaphore};
+
+use super::client::{classify, BigQuery, Failure};
+use crate::config::BigQueryConfig;
+use crate::decode::row::COL_INGESTED;
+use crate::decode::value::format_timestamp_micros;
+use crate::key::DedupKey;
+use crate::metrics::{Metrics, SharedMetrics};
+
+/// A row to ship, with its dedup key (the insertId).
+#[derive(Debug, Clone)]
+pub struct ShipRow {
+    pub key: DedupKey,
+    pub json: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Landed,
+    Rejected(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("shutdown requested while shipping; nothing was acknowledged")]
+    Shutdown,
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Ships `rows` to `table`, returning one outcome per row in order.
+    async fn ship(&self, table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError>;
+}
+
+/// Limits and retry policy of the BigQuery sink.
+#[derive(Debug, Clone)]
+pub struct ShipPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl From<&BigQueryConfig> for ShipPolicy {
+    fn from(c: &BigQueryConfig) -> Self {
+        ShipPolicy {
+            max_rows: c.max_rows_per_request,
+            max_bytes: c.max_request_bytes,
+            initial_delay: c.retry_initial_delay,
+            max_delay: c.retry_max_delay,
+        }
+    }
+}
+
+pub struct BigQuerySink {
+    bq: BigQuery,
+    policy: ShipPolicy,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    metrics: SharedMetrics,
+}
+
+/// Per-row overhead of the request envelope, for size estimates.
+const ROW_OVERHEAD: usize = 100;
+
+impl BigQuerySink {
+    pub fn new(bq: BigQuery, cfg: &BigQueryConfig, shutdown: watch::Receiver<bool>, metrics: SharedMetrics) -> Self {
+        BigQuerySink {
+            bq,
+            policy: ShipPolicy::from(cfg),
+            permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
+            shutdown,
+            metrics,
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) -> Result<(), SinkError> {
+        let base = self.policy.initial_delay.saturating_mul(1u32 << attempt.min(16)).min(self.policy.max_delay);
+        // Full jitter in [base/2, base].
+        let jittered = base.mul_f64(rand::rng().random_range(0.5..=1.0));
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow() {
+            return Err(SinkError::Shutdown);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jittered) => Ok(()),
+            _ = shutdown.changed() => Err(SinkError::Shutdown),
+        }
+    }
+
+    /// Sends the rows at `indices` until each has a final outcome.
+    async fn send(&self, table: &str, rows: &[ShipRow], indices: Vec<usize>, out: &mut [Option<RowOutcome>]) -> Result<(), SinkError> {
+        let mut todo = indices;
+        let mut attempt = 0u32;
+        while !todo.is_empty() {
+            let now = format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
+            let mut req = TableDataInsertAllRequest::new();
+            let batch: Vec<TableDataInsertAllRequestRows> = todo
+                .iter()
+                .map(|&i| {
+                    let mut json = rows[i].json.clone();
+                    json.insert(COL_INGESTED.into(), Value::String(now.clone()));
+                    TableDataInsertAllRequestRows { insert_id: Some(rows[i].key.to_hex()), json: Value::Object(json) }
+                })
+                .collect();
+            let _ = req.add_rows(batch);
+            let result = {
+                let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
+                Metrics::add(&self.metrics.requests, 1);
+                if attempt > 0 {
+                    Metrics::add(&self.metrics.request_retries, 1);
+                }
+                self.bq.client.tabledata().insert_all(&self.bq.project, &self.bq.dataset, table, req).await
+            };
+            match result {
+                Ok(resp) => {
+                    let mut errors: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+                    for e in resp.insert_errors.unwrap_or_default() {
+                        let Some(idx) = e.index.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < todo.len()) else { continue };
+                        let reasons = e
+                            .errors
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|p| (p.reason.unwrap_or_default(), p.message.unwrap_or_default()))
+                            .collect();
+                        errors.push((idx, reasons));
+                    }
+                    let mut again = Vec::new();
+                    let mut only_stopped = true;
+                    let mut failed = vec![false; todo.len()];
+                    for (idx, reasons) in errors {
+                        failed[idx] = true;
+                        let row = todo[idx];
+                        let permanent = reasons.iter().find(|(r, _)| !is_retryable_reason(r));
+                        match permanent {
+                            Some((reason, message)) => {
+                                out[row] = Some(RowOutcome::Rejected(format!("insertAll {reason}: {message}")));
+                            }
+                            None => {
+                                only_stopped &= reasons.iter().all(|(r, _)| r == "stopped");
+                                again.push(row);
+                            }
+                        }
+                    }
+                    for (pos, &row) in todo.iter().enumerate() {
+                        if !failed[pos] {
+                            out[row] = Some(RowOutcome::Landed);
+                        }
+                    }
+                    if !again.is_empty() && !only_stopped {
+                        tracing::warn!(table, rows = again.len(), "insertAll rows failed transiently; retrying");
+                        self.backoff(attempt).await?;
+                        attempt += 1;
+                    }
+                    todo = again;
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Transient(why) => {
+                        tracing::warn!(table, rows = todo.len(), attempt, error = %why, "insertAll failed; retrying with backoff");
+                        self.backoff(attempt).await?;
+                        attempt += 1;
+                    }
+                    Failure::Invalid(why) if todo.len() == 1 => {
+                        out[todo[0]] = Some(RowOutcome::Rejected(format!("insertAll refused the row: {why}")));
+                        todo.clear();
+                    }
+                    Failure::Invalid(why) => {
+                        tracing::warn!(table, rows = todo.len(), error = %why, "insertAll refused the request; splitting it");
+                        let right = todo.split_off(todo.len() / 2);
+                        Box::pin(self.send(table, rows, std::mem::take(&mut todo), out)).await?;
+                        Box::pin(self.send(table, rows, right, out)).await?;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Row-level reasons worth re-sending the row for.
+fn is_retryable_reason(reason: &str) -> bool {
+    matches!(reason, "stopped" | "timeout" | "backendError" | "internalError" | "rateLimitExceeded" | "")
+}
+
+/// Splits rows into requests within the row and byte limits. Rows that are
+/// too large on their own are returned separately.
+pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
+    let mut requests = Vec::new();
+    let mut oversized = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let size = serde_json::to_vec(&row.json).map(|v| v.len()).unwrap_or(usize::MAX / 2) + ROW_OVERHEAD;
+        if size > max_bytes {
+            oversized.push((i, size));
+            continue;
+        }
+        if !current.is_empty() && (current.len() >= max_rows || bytes + size > max_bytes) {
+            requests.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(i);
+        bytes += size;
+    }
+    if !current.is_empty() {
+        requests.push(current);
+    }
+    (requests, oversized)
+}
+
+#[async_trait]
+impl Sink for BigQuerySink {
+    async fn ship(&self, table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError> {
+        let mut out: Vec<Option<RowOutcome>> = vec![None; rows.len()];
+        let (requests, oversized) = plan_requests(rows, self.policy.max_rows, self.policy.max_bytes);
+        for (i, size) in oversized {
+            out[i] = Some(RowOutcome::Rejected(format!(
+                "row is {size} bytes, over the insertAll request limit of {} bytes",
+                self.policy.max_bytes
+            )));
+        }
+        Metrics::add(&self.metrics.shipped, rows.len() as u64);
+        // Requests run concurrently (bounded by the semaphore); each writes
+        // only its own rows' outcomes.
+        let results = futures::future::join_all(requests.into_iter().map(|indices| async move {
+            let mut local: Vec<Option<RowOutcome>> = vec![None; rows.len()];
+            self.send(table, rows, indices, &mut local).await.map(|_| local)
+        }))
+        .await;
+        for r in results {
+            for (i, o) in r?.into_iter().enumerate() {
+                if o.is_some() {
+                    out[i] = o;
+                }
+            }
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_else(|| RowOutcome::Rejected("no outcome (internal error)".into()))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: usize) -> ShipRow {
+        let mut json = Map::new();
+        json.insert("v".into(), Value::String("x".repeat(n)));
+        ShipRow { key: DedupKey([n as u8; 32]), json }
+    }
+
+    #[test]
+    fn requests_respect_row_and_byte_limits() {
+        let rows: Vec<ShipRow> = (0..10).map(|_| row(100)).collect();
+        let (reqs, big) = plan_requests(&rows, 4, 1_000_000);
+        assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert!(big.is_empty());
+        let (reqs, _) = plan_requests(&rows, 500, 700);
+        assert!(reqs.iter().all(|r| r.len() <= 3), "{reqs:?}");
+        assert_eq!(reqs.iter().map(Vec::len).sum::<usize>(), 10);
+        let mut rows = rows;
+        rows.push(row(5000));
+        let (_, big) = plan_requests(&rows, 500, 1000);
+        assert_eq!(big.len(), 1);
+        assert_eq!(big[0].0, 10);
+    }
+}

@@ -1,0 +1,221 @@
+//! Creating the dataset and tables landfall writes to, when they are missing.
+//!
+//! * log tables: bookkeeping columns + the source columns, all NULLABLE, day-
+//!   partitioned on `_landfall_ingested` with partition expiration (their
+//!   retention: landfall never deletes from a log table);
+//! * final tables (created with DDL, `PRIMARY KEY (...) NOT ENFORCED`,
+//!   clustered by the key): the source columns + `_landfall_order` (the
+//!   ordering value of the change that wrote the row, so an older change can
+//!   never overwrite it) + `_landfall_key`;
+//! * the dead-letter table and the merge-state table.
+//!
+//! A table that exists but lacks a configured column gets it added (BigQuery
+//! allows adding NULLABLE columns); no column is ever dropped or retyped.
+
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::clustering::Clustering;
+use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::field_type::FieldType;
+use gcp_bigquery_client::model::table::Table;
+use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
+use gcp_bigquery_client::model::table_schema::TableSchema;
+use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
+
+use super::client::{redact, BigQuery};
+use crate::config::{Config, TableConfig};
+use crate::decode::row::*;
+use crate::decode::ident::Quoted;
+use crate::decode::ColumnType;
+use crate::merge::sql::create_final_table_statement;
+
+pub const COL_DL_TOPIC: &str = "topic";
+pub const COL_DL_PARTITION: &str = "partition";
+pub const COL_DL_OFFSET: &str = "offset";
+pub const COL_DL_REASON: &str = "reason";
+pub const COL_DL_PAYLOAD: &str = "payload";
+pub const COL_DL_PAYLOAD_LEN: &str = "payload_length";
+pub const COL_DL_PAYLOAD_HASH: &str = "payload_blake3";
+pub const COL_DL_AT: &str = "dead_lettered_at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot create or read {what} in BigQuery: {message}. Check the project, dataset and the credentials' permissions (bigquery.dataEditor)")]
+    Api { what: String, message: String },
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(BQError) -> SchemaError {
+    let what = what.into();
+    move |e| SchemaError::Api { what, message: redact(&e) }
+}
+
+fn is_not_found(e: &BQError) -> bool {
+    matches!(e, BQError::ResponseError { error } if error.error.code == 404)
+}
+
+fn is_conflict(e: &BQError) -> bool {
+    matches!(e, BQError::ResponseError { error } if error.error.code == 409)
+}
+
+fn field(name: &str, ty: ColumnType) -> TableFieldSchema {
+    let ft = match ty {
+        ColumnType::String => FieldType::String,
+        ColumnType::Int64 => FieldType::Int64,
+        ColumnType::Float64 => FieldType::Float64,
+        ColumnType::Numeric => FieldType::Numeric,
+        ColumnType::Bignumeric => FieldType::Bignumeric,
+        ColumnType::Bool => FieldType::Bool,
+        ColumnType::Timestamp => FieldType::Timestamp,
+        ColumnType::Date => FieldType::Date,
+        ColumnType::Datetime => FieldType::Datetime,
+        ColumnType::Time => FieldType::Time,
+        ColumnType::Json => FieldType::Json,
+        ColumnType::Bytes => FieldType::Bytes,
+    };
+    TableFieldSchema::new(name, ft)
+}
+
+pub fn log_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
+    let mut f = vec![
+        field(COL_KEY, ColumnType::String),
+        field(COL_OP, ColumnType::String),
+        field(COL_ORDER, ColumnType::String),
+        field(COL_INGESTED, ColumnType::Timestamp),
+        field(COL_SOURCE_TS, ColumnType::Timestamp),
+        field(COL_TOPIC, ColumnType::String),
+        field(COL_PARTITION, ColumnType::Int64),
+        field(COL_OFFSET, ColumnType::Int64),
+    ];
+    f.extend(t.columns.iter().map(|c| field(&c.name, c.ty)));
+    f
+}
+
+pub fn final_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
+    let mut f: Vec<_> = t.columns.iter().map(|c| field(&c.name, c.ty)).collect();
+    f.push(field(COL_ORDER, ColumnType::String));
+    f.push(field(COL_KEY, ColumnType::String));
+    f
+}
+
+pub fn dead_letter_fields() -> Vec<TableFieldSchema> {
+    vec![
+        field(COL_KEY, ColumnType::String),
+        field(COL_INGESTED, ColumnType::Timestamp),
+        field(COL_DL_TOPIC, ColumnType::String),
+        field(COL_DL_PARTITION, ColumnType::Int64),
+        field(COL_DL_OFFSET, ColumnType::Int64),
+        field(COL_DL_REASON, ColumnType::String),
+        field(COL_DL_PAYLOAD, ColumnType::Bytes),
+        field(COL_DL_PAYLOAD_LEN, ColumnType::Int64),
+        field(COL_DL_PAYLOAD_HASH, ColumnType::String),
+        field(COL_DL_AT, ColumnType::Timestamp),
+    ]
+}
+
+pub fn state_fields() -> Vec<TableFieldSchema> {
+    vec![
+        field("final_table", ColumnType::String),
+        field("watermark", ColumnType::Timestamp),
+        field("updated_at", ColumnType::Timestamp),
+    ]
+}
+
+impl BigQuery {
+    pub async fn ensure_dataset(&self) -> Result<(), SchemaError> {
+        match self.client.dataset().get(&self.project, &self.dataset).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(api(format!("dataset {}", self.dataset))(e)),
+        }
+        let ds = Dataset::new(&self.project, &self.dataset).location(&self.location);
+        match self.client.dataset().create(ds).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(api(format!("dataset {}", self.dataset))(e)),
+        }
+    }
+
+    /// Creates `table` with `fields` if missing; adds missing fields if not.
+    pub async fn ensure_table(
+        &self,
+        table: &str,
+        fields: Vec<TableFieldSchema>,
+        partition: Option<TimePartitioning>,
+        cluster_by: Option<Vec<String>>,
+    ) -> Result<(), SchemaError> {
+        let what = || format!("table {}.{}", self.dataset, table);
+        match self.client.table().get(&self.project, &self.dataset, table, None).await {
+            Ok(existing) => {
+                let have: Vec<String> = existing
+                    .schema
+                    .fields
+                    .as_ref()
+                    .map(|f| f.iter().map(|f| f.name.to_ascii_lowercase()).collect())
+                    .unwrap_or_default();
+                let missing: Vec<TableFieldSchema> =
+                    fields.into_iter().filter(|f| !have.contains(&f.name.to_ascii_lowercase())).collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                tracing::info!(table, added = ?missing.iter().map(|f| &f.name).collect::<Vec<_>>(), "adding columns");
+                let mut all = existing.schema.fields.clone().unwrap_or_default();
+                all.extend(missing);
+                let mut patched = existing;
+                patched.schema = TableSchema::new(all);
+                self.client.table().patch(&self.project, &self.dataset, table, patched).await.map_err(api(what()))?;
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                let mut t = Table::new(&self.project, &self.dataset, table, TableSchema::new(fields));
+                if let Some(p) = partition {
+                    t = t.time_partitioning(p);
+                }
+                if let Some(cols) = cluster_by {
+                    t = t.clustering(Clustering { fields: Some(cols.into_iter().take(4).collect()) });
+                }
+                match self.client.table().create(t).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) => Err(api(what())(e)),
+                }
+            }
+            Err(e) => Err(api(what())(e)),
+        }
+    }
+
+    /// Creates a final table with DDL (for its primary key), or adds missing columns.
+    pub async fn ensure_final_table(&self, t: &TableConfig) -> Result<(), SchemaError> {
+        match self.client.table().get(&self.project, &self.dataset, &t.final_table, None).await {
+            Ok(_) => self.ensure_table(&t.final_table, final_table_fields(t), None, None).await,
+            Err(e) if is_not_found(&e) => {
+                let what = || format!("table {}.{}", self.dataset, t.final_table);
+                let bad = |e: crate::decode::ident::IdentError| SchemaError::Api { what: what(), message: e.to_string() };
+                let target = Quoted::table_path(&self.project, &self.dataset, &t.final_table).map_err(bad)?;
+                let columns = t
+                    .columns
+                    .iter()
+                    .map(|c| Quoted::column(&c.name).map(|q| (q, c.ty.sql_name())))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let pk = t.primary_key.iter().map(|c| Quoted::column(c)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+                let sql = create_final_table_statement(&target, &columns, &pk);
+                self.query(&sql).await.map_err(api(what()))?;
+                Ok(())
+            }
+            Err(e) => Err(api(format!("table {}.{}", self.dataset, t.final_table))(e)),
+        }
+    }
+
+    /// Creates the dataset and every table the config names.
+    pub async fn ensure_all(&self, cfg: &Config) -> Result<(), SchemaError> {
+        self.ensure_dataset().await?;
+        let expiration = TimePartitioning::per_day().field(COL_INGESTED).expiration_ms(cfg.bigquery.log_partition_expiration);
+        for t in &cfg.tables {
+            self.ensure_table(&t.log_table, log_table_fields(t), Some(expiration.clone()), None).await?;
+            self.ensure_final_table(t).await?;
+        }
+        self.ensure_table(&cfg.bigquery.dead_letter_table, dead_letter_fields(), Some(TimePartitioning::per_day().field(COL_INGESTED)), None)
+            .await?;
+        self.ensure_table(&cfg.bigquery.state_table, state_fields(), None, None).await?;
+        Ok(())
+    }
+}

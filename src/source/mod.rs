@@ -1,0 +1,4 @@
+//! Source: the Kafka consumer and the per-partition commit tracker.
+
+pub mod kafka;
+pub mod tracker;
