@@ -244,7 +244,7 @@ fn coords_of(json: &Map<String, Value>) -> (String, i32, i64) {
     )
 }
 
-fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
+pub fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
     PendingRecord { table: table.to_owned(), row: serde_json::to_vec(&row.json).unwrap_or_default(), written_at_ms: now_ms() }
 }
 

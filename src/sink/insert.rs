@@ -138,13 +138,17 @@ impl BigQuerySink {
             match result {
                 Ok(resp) => {
                     let mut errors: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+                    // (reason, "at `location`: message") per error of a row.
                     for e in resp.insert_errors.unwrap_or_default() {
                         let Some(idx) = e.index.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < todo.len()) else { continue };
                         let reasons = e
                             .errors
                             .unwrap_or_default()
                             .into_iter()
-                            .map(|p| (p.reason.unwrap_or_default(), p.message.unwrap_or_default()))
+                            .map(|p| {
+                                let at = p.location.filter(|l| !l.is_empty()).map(|l| format!(" at `{l}`")).unwrap_or_default();
+                                (p.reason.unwrap_or_default(), format!("{at}: {}", p.message.unwrap_or_default()))
+                            })
                             .collect();
                         errors.push((idx, reasons));
                     }
@@ -157,7 +161,7 @@ impl BigQuerySink {
                         let permanent = reasons.iter().find(|(r, _)| !is_retryable_reason(r));
                         match permanent {
                             Some((reason, message)) => {
-                                out[row] = Some(RowOutcome::Rejected(format!("insertAll {reason}: {message}")));
+                                out[row] = Some(RowOutcome::Rejected(format!("insertAll {reason}{message}")));
                             }
                             None => {
                                 only_stopped &= reasons.iter().all(|(r, _)| r == "stopped");

@@ -167,4 +167,49 @@ mod tests {
         t.begin(&tp(), 4); // a redelivery of an older offset
         assert_eq!(t.take_commits(), vec![]);
     }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any completion order: the commit point never passes an
+            /// unfinished offset, and reaches the end when all complete.
+            #[test]
+            fn commit_point_never_passes_an_unfinished_offset(
+                offsets in proptest::collection::btree_set(0i64..500, 1..60),
+                order in proptest::collection::vec(any::<proptest::sample::Index>(), 60),
+            ) {
+                let tp: TopicPartition = ("t".into(), 0);
+                let mut t = Tracker::default();
+                let offsets: Vec<i64> = offsets.into_iter().collect();
+                let mut epoch = 0;
+                for &o in &offsets {
+                    epoch = t.begin(&tp, o);
+                }
+                let mut unfinished = offsets.clone();
+                let mut last = None;
+                for idx in order.iter().take(offsets.len()) {
+                    let o = unfinished.remove(idx.index(unfinished.len()));
+                    t.complete(&tp, epoch, o);
+                    for (_, point) in t.take_commits() {
+                        if let Some(&lowest) = unfinished.iter().min() {
+                            prop_assert!(point <= lowest, "committed {point} past unfinished {lowest}");
+                        }
+                        prop_assert!(last.is_none_or(|l| point > l), "commit point moved backwards");
+                        last = Some(point);
+                    }
+                    if unfinished.is_empty() {
+                        break;
+                    }
+                }
+                for o in unfinished.clone() {
+                    t.complete(&tp, epoch, o);
+                }
+                t.take_commits();
+                let end = offsets.last().unwrap() + 1;
+                prop_assert_eq!(t.commit_points(), vec![(tp, Some(end))]);
+            }
+        }
+    }
 }

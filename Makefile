@@ -1,0 +1,34 @@
+# landfall: the two front-door commands are `make demo` and `make test`.
+# Both install what they need (the BigQuery emulator's virtual environment
+# under target/) and start the local emulator for their duration.
+
+CARGO ?= cargo
+WITH_EMULATOR := scripts/with-emulator.sh
+
+.PHONY: all build demo test unit emulator-setup clean-emulator
+
+all: build
+
+build:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	$(CARGO) build --bins
+
+# The whole pipeline on local parts (mock Kafka + BigQuery emulator), verified.
+demo: build
+	$(WITH_EMULATOR) target/debug/landfall demo
+
+# Unit, property and end-to-end tests (the latter against the emulator).
+test:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	$(CARGO) build --tests --bins
+	$(WITH_EMULATOR) $(CARGO) test --all-targets
+
+# Tests that need nothing running.
+unit:
+	$(CARGO) test --lib
+
+emulator-setup:
+	scripts/bq-emulator.sh setup
+
+clean-emulator:
+	rm -rf target/bq-emulator-venv target/bq-emulator-run.*

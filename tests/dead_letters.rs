@@ -1,0 +1,100 @@
+//! Bad input: a poison message (not JSON), a Kafka tombstone, and a row that
+//! BigQuery rejects are dead-lettered with their reasons, in the WAL and in
+//! the dead-letter table; the partition keeps flowing and its offset moves
+//! past them; every good message lands.
+
+mod support;
+
+use std::time::Duration;
+
+use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
+use landfall::demo::{merger, run_until_caught_up, LocalKafka};
+use landfall::log::Wal;
+use landfall::metrics::Metrics;
+use landfall::sim::{verify, Simulator};
+use landfall::sink::schema::log_table_fields;
+
+const WIDGETS: &str = r#"
+[[tables]]
+source = "sales.widgets"
+log_table = "widgets_log"
+final_table = "widgets"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
+"#;
+
+fn widget(id: i64, label: &str, micros: u32) -> Vec<u8> {
+    format!(
+        r#"{{"data":{{"id":{id},"label":"{label}"}},"metadata":{{"timestamp":"2026-11-27T03:00:00.{micros:06}Z","record-type":"data","operation":"insert","partition-key-type":"primary-key","schema-name":"sales","table-name":"widgets"}}}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_rejected_rows_are_dead_lettered_and_the_partition_keeps_flowing() {
+    let kafka = LocalKafka::start("dms.dead", 3).unwrap();
+    let wal_dir = tempfile::tempdir().unwrap();
+    let dataset = support::unique_dataset("dead");
+    let cfg = support::config(&kafka, wal_dir.path(), &dataset, WIDGETS);
+
+    // Schema drift: the widgets log table exists with `label` as INT64, so
+    // BigQuery rejects a row whose label is not a number.
+    let bq = landfall::sink::BigQuery::connect(&cfg.bigquery).await.unwrap();
+    bq.ensure_dataset().await.unwrap();
+    let route = cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap();
+    let fields: Vec<TableFieldSchema> = log_table_fields(route)
+        .into_iter()
+        .map(|f| if f.name == "label" { TableFieldSchema::integer("label") } else { f })
+        .collect();
+    bq.ensure_table(&route.log_table, fields, None, None).await.unwrap();
+    let bq = support::bigquery(&cfg).await;
+
+    let mut sim = Simulator::new(3);
+    let mut msgs = sim.full_load(30);
+    msgs.extend(sim.changes(200));
+    kafka.produce(&msgs[..100]).unwrap();
+    let w = Some(&b"widget"[..]);
+    kafka.produce_raw(w, Some(b"not json {")).unwrap();
+    kafka.produce_raw(w, Some(&widget(1, "7", 1))).unwrap();
+    kafka.produce_raw(w, Some(&widget(2, "seven", 2))).unwrap();
+    kafka.produce_raw(w, None).unwrap();
+    kafka.produce_raw(w, Some(&widget(3, "8", 3))).unwrap();
+    kafka.flush().unwrap();
+    kafka.produce(&msgs[100..]).unwrap();
+
+    // Caught up = every partition's committed offset is at its high watermark:
+    // the partition with the bad messages moved past them.
+    let m = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(Metrics::get(&m.dead_lettered), 3);
+
+    let dl = support::rows(
+        &bq,
+        &format!("SELECT `offset`, reason, payload_length FROM `{}.{}.{}` ORDER BY `offset`", bq.project, dataset, cfg.bigquery.dead_letter_table),
+    )
+    .await;
+    assert_eq!(dl.len(), 3, "{dl:?}");
+    let reasons: Vec<String> = dl.iter().map(|r| r[1].clone().unwrap()).collect();
+    assert!(reasons[0].contains("not valid JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("BigQuery rejected the row") && reasons[1].contains("label"), "{reasons:?}");
+    assert!(reasons[2].contains("no value"), "{reasons:?}");
+
+    let wal = Wal::open(&cfg.wal.path).unwrap();
+    let recorded: Vec<_> = wal.dead_letters().map(Result::unwrap).collect();
+    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded[0].payload_prefix, b"not json {");
+    assert_eq!(
+        recorded.iter().map(|d| d.offset.to_string()).collect::<Vec<_>>(),
+        dl.iter().map(|r| r[0].clone().unwrap()).collect::<Vec<_>>(),
+        "the WAL and the dead-letter table agree"
+    );
+    drop(wal);
+
+    for r in merger(&bq, &cfg).merge_all(false).await {
+        r.unwrap();
+    }
+    let widgets = support::rows(&bq, &format!("SELECT id, label FROM `{}.{}.widgets` ORDER BY id", bq.project, dataset)).await;
+    assert_eq!(widgets, vec![vec![Some("1".into()), Some("7".into())], vec![Some("3".into()), Some("8".into())]]);
+    let sim_tables: Vec<_> = cfg.tables.iter().filter(|t| t.source != "sales.widgets").cloned().collect();
+    let verdicts = verify::verify_all(&bq, &sim_tables, &sim.model).await.unwrap();
+    assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
+}

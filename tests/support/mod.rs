@@ -1,0 +1,92 @@
+//! Shared set-up of the end-to-end tests: the BigQuery emulator that
+//! `make test` started (never skipped: a missing emulator fails the test),
+//! a fresh dataset and WAL directory per test, and the demo's config.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use landfall::config::Config;
+use landfall::demo::{demo_config_toml, LocalKafka};
+use landfall::sink::BigQuery;
+
+pub fn endpoint() -> String {
+    std::env::var("LANDFALL_BQ_ENDPOINT").expect(
+        "LANDFALL_BQ_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts the local BigQuery emulator",
+    )
+}
+
+pub fn project() -> String {
+    std::env::var("LANDFALL_BQ_PROJECT").unwrap_or_else(|_| "landfall-local".into())
+}
+
+/// A dataset name no other test (or earlier run) uses.
+pub fn unique_dataset(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
+}
+
+/// The demo config (the simulated tables) plus `extra` TOML, for a fresh dataset.
+pub fn config(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str) -> Arc<Config> {
+    let mut text = demo_config_toml(&kafka.bootstrap_servers(), &endpoint(), &project(), dataset, wal, &landfall::sim::tables())
+        .replace("\"dms.sales\"", &format!("\"{}\"", kafka.topic));
+    text.push_str(extra);
+    Arc::new(Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}")))
+}
+
+pub async fn bigquery(cfg: &Config) -> BigQuery {
+    let bq = BigQuery::connect(&cfg.bigquery).await.expect("connect to the emulator");
+    bq.ensure_all(cfg).await.expect("create dataset and tables");
+    bq
+}
+
+/// Runs one query and returns its rows as strings (NULL as None).
+pub async fn rows(bq: &BigQuery, sql: &str) -> Vec<Vec<Option<String>>> {
+    let resp = bq.query(sql).await.unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
+    let width = resp.schema.as_ref().and_then(|s| s.fields.as_ref()).map_or(0, Vec::len);
+    resp.rows
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (0..width).map(|i| landfall::sink::client::cell(r, i)).collect())
+        .collect()
+}
+
+pub async fn scalar(bq: &BigQuery, sql: &str) -> i64 {
+    let r = rows(bq, sql).await;
+    r.first().and_then(|row| row.first().cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no integer from {sql}: {r:?}"))
+}
+
+/// Reads every message of the topic back (without a group), with its coordinates.
+pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", "landfall-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..kafka.partitions {
+        tpl.add_partition_offset(&kafka.topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = kafka.high_watermarks().unwrap().iter().sum();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (out.len() as i64) < total && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(std::time::Duration::from_millis(200)) {
+            out.push(landfall::pipeline::Msg {
+                topic: m.topic().into(),
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().map(<[u8]>::to_vec),
+            });
+        }
+    }
+    assert_eq!(out.len() as i64, total, "read back every message");
+    out
+}
