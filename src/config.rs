@@ -395,6 +395,12 @@ impl Config {
         if bq.log_partition_expiration <= self.merge.interval + self.merge.overlap {
             return Err(invalid("bigquery.log_partition_expiration", "must exceed merge.interval + merge.overlap"));
         }
+        if self.observability.summary_interval.is_zero() {
+            return Err(invalid("observability.summary_interval", "must be greater than 0"));
+        }
+        if self.wal.prune_interval.is_zero() {
+            return Err(invalid("wal.prune_interval", "must be greater than 0"));
+        }
         let p = &self.pipeline;
         if p.batch_max_messages == 0 {
             return Err(invalid("pipeline.batch_max_messages", "must be at least 1"));
@@ -603,6 +609,16 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
         let text = EXAMPLE.replace("LANDFALL_TEST_SECRET", "LANDFALL_SURELY_UNSET_VAR");
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("LANDFALL_SURELY_UNSET_VAR") && err.contains("sasl.password"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        std::env::set_var("LANDFALL_MSK_PASSWORD", "s3cret-for-test");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/landfall.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.tables.len(), 2);
+        assert!(matches!(c.bigquery.auth, Auth::ServiceAccountKey { .. }));
+        assert!(!format!("{c:?}").contains("s3cret-for-test"));
     }
 
     #[test]
