@@ -200,6 +200,10 @@ pub struct PipelineConfig {
     /// true, acknowledged and counted as skipped when false.
     #[serde(default = "default_true")]
     pub strict_routing: bool,
+    /// The top-level field DMS puts the before image under
+    /// (`BeforeImageSettings.FieldName` of the DMS endpoint).
+    #[serde(default = "default_before_image_field")]
+    pub before_image_field: String,
 }
 
 impl Default for PipelineConfig {
@@ -210,6 +214,7 @@ impl Default for PipelineConfig {
             max_inflight_batches: default_inflight_batches(),
             max_message_bytes: default_max_message_bytes(),
             strict_routing: true,
+            before_image_field: default_before_image_field(),
         }
     }
 }
@@ -284,6 +289,9 @@ fn default_inflight_batches() -> usize {
 }
 fn default_max_message_bytes() -> usize {
     5_000_000
+}
+fn default_before_image_field() -> String {
+    "before-image".into()
 }
 fn default_true() -> bool {
     true

@@ -30,6 +30,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::Message;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::config::{Config, TableConfig};
 use crate::decode::row::{self, Coords, COL_KEY};
@@ -95,7 +96,7 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
         if payload.len() > cfg.pipeline.max_message_bytes {
             return Err(Rejection::TooLarge { size: payload.len(), max: cfg.pipeline.max_message_bytes });
         }
-        match dms::decode(payload, "before-image")? {
+        match dms::decode(payload, &cfg.pipeline.before_image_field)? {
             Decoded::Control { operation, schema, table } => {
                 tracing::info!(operation, ?schema, ?table, topic = %at.topic, partition = at.partition, offset = at.offset, "DMS control record acknowledged");
                 Metrics::add(&metrics.control_records, 1);
@@ -348,16 +349,22 @@ pub async fn run(
         if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
             let msgs = std::mem::take(&mut batch);
             deadline = None;
-            let groups = prepare(&cfg, &wal, &metrics, &mut tracker, &mut inflight, msgs).await?;
+            let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
+            let groups = prepare(&cfg, &wal, &metrics, &mut tracker, &mut inflight, msgs).instrument(span).await?;
             commit_ready(&consumer, &mut tracker, &metrics);
             if !groups.is_empty() {
                 batches_in_flight += 1;
                 let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
                 let dlq = cfg.bigquery.dead_letter_table.clone();
-                tokio::spawn(async move {
-                    let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await;
-                    let _ = tx.send(BatchDone { result }).await;
-                });
+                let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
+                let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
+                tokio::spawn(
+                    async move {
+                        let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await;
+                        let _ = tx.send(BatchDone { result }).await;
+                    }
+                    .instrument(span),
+                );
             }
             continue;
         }
@@ -403,7 +410,9 @@ pub async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {}
+            // Only while a batch could be dispatched: a past deadline with every
+            // slot taken would otherwise spin.
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches => {}
             _ = summary.tick() => metrics.log_summary(),
             _ = prune.tick() => {
                 let w = wal.clone();

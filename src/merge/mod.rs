@@ -113,6 +113,7 @@ impl Merger {
     }
 
     /// Merges one table. `full` ignores the watermark and reads the whole log.
+    #[tracing::instrument(skip_all, fields(table = %t.final_table, full))]
     pub async fn merge_table(&self, t: &TableConfig, full: bool) -> Result<MergeReport, MergeError> {
         let name = t.final_table.as_str();
         let ident = |source| MergeError::Identifier { table: name.into(), source };
