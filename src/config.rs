@@ -439,10 +439,11 @@ impl Config {
             if !sources.insert(t.source.clone()) {
                 return Err(invalid(key("source"), format!("`{}` is routed twice", t.source)));
             }
-            for (field, name) in [("log_table", &t.log_table), ("final_table", &t.final_table)] {
+            let tombstones = crate::merge::sql::tombstone_table_name(&t.final_table);
+            for (field, name) in [("log_table", &t.log_table), ("final_table", &t.final_table), ("final_table", &tombstones)] {
                 ident::validate_table(name).map_err(|e| invalid(key(field), e.to_string()))?;
                 if !tables.insert(name.clone()) {
-                    return Err(invalid(key(field), format!("table `{name}` is used twice")));
+                    return Err(invalid(key(field), format!("table `{name}` is used twice (landfall also uses `<final_table>__tombstones`)")));
                 }
             }
             if t.columns.is_empty() {

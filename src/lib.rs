@@ -16,6 +16,7 @@
 //! * [`pipeline`]: the driver that ties the stages together and owns the
 //!   ordering of durability steps (WAL flush -> insertAll -> landed flush -> commit).
 //! * [`config`], [`metrics`]: the TOML configuration and the counters.
+//! * [`failpoint`]: kill points for crash drills (feature `drill`).
 //! * [`sim`]: a simulated source database (DMS messages plus the model of the
 //!   expected final state) and the verification against BigQuery, used by
 //!   `landfall demo` and the tests.
@@ -26,6 +27,9 @@
 pub mod config;
 pub mod decode;
 pub mod demo;
+#[cfg(feature = "drill")]
+pub mod drill;
+pub mod failpoint;
 pub mod key;
 pub mod log;
 pub mod merge;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub request_retries: AtomicU64,
     /// Rows re-shipped from the WAL at start.
     pub recovered: AtomicU64,
+    /// WAL writes that failed with an I/O error (and were retried).
+    pub wal_errors: AtomicU64,
     /// Offset commits issued.
     pub commits: AtomicU64,
     /// MERGE statements run, rows they changed, and failed attempts.
@@ -85,8 +87,17 @@ impl Metrics {
             merges = g(&self.merges),
             merged_rows = g(&self.merged_rows),
             merge_failures = g(&self.merge_failures),
+            wal_errors = g(&self.wal_errors),
             committed = %committed.join(","),
             "summary"
         );
+    }
+}
+
+/// Resolves when `rx` holds `true`; never, if its sender is dropped first
+/// (a dropped sender means nobody will ever ask to stop).
+pub async fn signalled(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -43,6 +43,10 @@ use crate::sink::{RowOutcome, ShipRow, Sink, SinkError};
 use crate::source::kafka::{self, RebalanceEvent, SourceError};
 use crate::source::tracker::{TopicPartition, Tracker};
 
+/// The WAL counter of changes not shipped because their key was already
+/// landed or in flight (survives restarts and kill -9).
+pub const COUNTER_DUPLICATES_ABSORBED: &str = "duplicates_absorbed";
+
 /// Dead letters keep at most this much of the message value (plus its hash and length).
 pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 256 * 1024;
 
@@ -155,6 +159,31 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, WalError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| PipelineError::Task(e.to_string()))?.map_err(PipelineError::from)
 }
 
+/// Commits `batch` to the WAL, durably. An I/O error (a full disk, a failing
+/// device) is retried with backoff for as long as it lasts: meanwhile nothing
+/// is consumed or acknowledged, and the error is logged with what to do.
+/// Other WAL errors (damage) are fatal.
+pub async fn commit_durably(wal: &Wal, batch: WalBatch, metrics: &Metrics) -> Result<(), PipelineError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let (w, b) = (wal.clone(), batch.clone());
+        match blocking(move || w.commit(b)).await {
+            Ok(()) => return Ok(()),
+            Err(PipelineError::Wal(WalError::Io(e))) => {
+                Metrics::add(&metrics.wal_errors, 1);
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?delay,
+                    "WAL write failed (disk full or failing?): not consuming or acknowledging anything until it succeeds; free space under wal.path"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Rows grouped by destination table.
 pub type Groups = Vec<(String, Vec<ShipRow>)>;
 
@@ -178,6 +207,7 @@ pub async fn ship_and_land(
     metrics: &Metrics,
 ) -> Result<Result<Vec<DedupKey>, SinkError>, PipelineError> {
     let shipped = futures::future::join_all(groups.iter().map(|(table, rows)| sink.ship(table, rows))).await;
+    crate::failpoint::hit(crate::failpoint::AFTER_INSERT_ALL);
     let mut batch = WalBatch::default();
     let mut resolved = Vec::new();
     let mut dead = Vec::new();
@@ -224,16 +254,16 @@ pub async fn ship_and_land(
             batch.pending(&r.key, &pending_record(dead_letter_table, r));
         }
         Metrics::add(&metrics.dead_lettered, dead.len() as u64);
-        let w = wal.clone();
-        blocking(move || w.commit(batch)).await?;
+        commit_durably(wal, batch, metrics).await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
         let more = Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], metrics)).await?;
         return Ok(more.map(|keys| {
             resolved.extend(keys);
             resolved
         }));
     }
-    let w = wal.clone();
-    blocking(move || w.commit(batch)).await?;
+    commit_durably(wal, batch, metrics).await?;
+    crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
     Ok(Ok(resolved))
 }
 
@@ -491,6 +521,7 @@ async fn prepare(
 ) -> Result<Groups, PipelineError> {
     let mut wal_batch = WalBatch::default();
     let mut to_ship: Vec<(String, ShipRow)> = Vec::new();
+    let mut absorbed = 0u64;
     for msg in msgs {
         let tp = (msg.topic.clone(), msg.partition);
         let epoch = tracker.begin(&tp, msg.offset);
@@ -514,12 +545,12 @@ async fn prepare(
             if let Some(waiters) = inflight.keys.get_mut(&row.key) {
                 waiters.push(id);
                 remaining += 1;
-                Metrics::add(&metrics.duplicates_absorbed, 1);
+                absorbed += 1;
                 continue;
             }
             match wal.state(&row.key)? {
                 KeyState::Resolved => {
-                    Metrics::add(&metrics.duplicates_absorbed, 1);
+                    absorbed += 1;
                 }
                 KeyState::Absent | KeyState::Pending => {
                     wal_batch.pending(&row.key, &pending_record(&table, &row));
@@ -535,8 +566,13 @@ async fn prepare(
             inflight.msgs.insert(id, Waiting { tp, epoch, offset: msg.offset, remaining });
         }
     }
-    let w = wal.clone();
-    blocking(move || w.commit(wal_batch)).await?;
+    Metrics::add(&metrics.duplicates_absorbed, absorbed);
+    if absorbed > 0 {
+        let total = wal.counter(COUNTER_DUPLICATES_ABSORBED)? + absorbed;
+        wal_batch.set_counter(COUNTER_DUPLICATES_ABSORBED, total);
+    }
+    commit_durably(wal, wal_batch, metrics).await?;
+    crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
     Ok(group(to_ship))
 }
 

@@ -32,7 +32,14 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     let kafka = LocalKafka::start("dms.merge", 1).unwrap();
     let wal = tempfile::tempdir().unwrap();
     let dataset = support::unique_dataset("merge");
-    let cfg = support::config(&kafka, wal.path(), &dataset, WIDGETS);
+    // A short overlap, so that step 5 can put a delete outside the merge window.
+    let cfg = support::config_with(
+        &kafka,
+        wal.path(),
+        &dataset,
+        WIDGETS,
+        &[("overlap = \"5m\"", "overlap = \"6s\""), ("request_timeout = \"30s\"", "request_timeout = \"5s\"")],
+    );
     let bq = support::bigquery(&cfg).await;
     let route = cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap().clone();
     let (_abort, rx) = tokio::sync::watch::channel(false);
@@ -80,4 +87,18 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     assert_eq!(merger.merge_table(&route, false).await.unwrap().affected_rows, 0);
     assert_eq!(merger.merge_table(&route, true).await.unwrap().affected_rows, 0);
     assert_eq!(final_rows().await, vec![row("1", "v3")]);
+
+    // 5. Replay safety: once the delete of id 2 is behind the watermark (out
+    //    of every later window), an old change of id 2 replayed later still
+    //    does not bring it back: its tombstone is newer.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let replayed = vec![ship(change("update", 2, "replayed", 25), None), ship(change("insert", 4, "new", 60), None)];
+    sink.ship(&route.log_table, &replayed).await.unwrap();
+    let fifth = merger.merge_table(&route, false).await.unwrap();
+    assert_eq!(fifth.affected_rows, 1, "only id 4 is new");
+    assert_eq!(final_rows().await, vec![row("1", "v3"), row("4", "new")]);
+    // A re-insert newer than the delete does bring it back.
+    sink.ship(&route.log_table, &[ship(change("insert", 2, "reborn", 70), None)]).await.unwrap();
+    merger.merge_table(&route, false).await.unwrap();
+    assert_eq!(final_rows().await, vec![row("1", "v3"), row("2", "reborn"), row("4", "new")]);
 }

@@ -49,8 +49,12 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
     }
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
     let sink = BigQuerySink::new(bq.clone(), &cfg.bigquery, abort_rx, metrics.clone());
-    for (table, row) in &pending[..300] {
-        assert_eq!(sink.ship(table, std::slice::from_ref(row)).await.unwrap(), vec![RowOutcome::Landed]);
+    // One request per table, so that the restart below follows within
+    // seconds: the emulator, like BigQuery, dedups insertIds for ~60 s.
+    for t in &cfg.tables {
+        let rows: Vec<ShipRow> = pending[..300].iter().filter(|(table, _)| table == &t.log_table).map(|(_, r)| r.clone()).collect();
+        let n = rows.len();
+        assert_eq!(sink.ship(&t.log_table, &rows).await.unwrap(), vec![RowOutcome::Landed; n]);
     }
 
     // Restart: recovery first, then consumption from offset 0.

@@ -25,6 +25,7 @@
 //! * `l` + landed-at (ms, big-endian) + dedup key -> empty: prune index
 //! * `d` + topic + 0x00 + partition + offset -> [`DeadLetter`]
 //! * `meta:format` -> the WAL layout version
+//! * `meta:count:` + name -> a persistent counter (u64, big-endian)
 
 pub mod record;
 
@@ -61,6 +62,9 @@ pub enum KeyState {
 pub struct Wal {
     db: sled::Db,
     tree: sled::Tree,
+    /// Commits still to fail with an injected I/O error (drills and tests).
+    #[cfg(feature = "drill")]
+    injected_io_errors: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 fn ckey(prefix: u8, key: &DedupKey) -> [u8; 33] {
@@ -93,10 +97,13 @@ pub fn now_ms() -> u64 {
 }
 
 /// A set of WAL changes applied atomically by [`Wal::commit`].
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct WalBatch {
     batch: sled::Batch,
     len: usize,
+    /// Whether it holds landed or rejected marks (for the failpoint between
+    /// applying and flushing them).
+    resolves: bool,
 }
 
 impl WalBatch {
@@ -115,6 +122,7 @@ impl WalBatch {
     }
 
     fn resolve(&mut self, key: &DedupKey, rec: Record, at_ms: u64) {
+        self.resolves = true;
         self.batch.insert(&ckey(b'c', key)[..], record::encode(&rec));
         self.batch.remove(&ckey(b'p', key)[..]);
         self.batch.insert(&landed_index_key(at_ms, key)[..], &[][..]);
@@ -126,9 +134,19 @@ impl WalBatch {
         self.len += 1;
     }
 
+    /// Sets a persistent counter (see [`Wal::counter`]).
+    pub fn set_counter(&mut self, name: &str, value: u64) {
+        self.batch.insert(counter_key(name), &value.to_be_bytes()[..]);
+        self.len += 1;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+fn counter_key(name: &str) -> Vec<u8> {
+    [b"meta:count:", name.as_bytes()].concat()
 }
 
 impl Wal {
@@ -146,7 +164,29 @@ impl Wal {
                 return Err(WalError::Incompatible { path: path.display().to_string(), found: v.first().copied().unwrap_or(0) })
             }
         }
-        Ok(Wal { db, tree })
+        Ok(Wal {
+            db,
+            tree,
+            #[cfg(feature = "drill")]
+            injected_io_errors: Default::default(),
+        })
+    }
+
+    /// Makes the next `n` commits fail as a full disk would (drills and tests).
+    #[cfg(feature = "drill")]
+    pub fn inject_io_errors(&self, n: u32) {
+        self.injected_io_errors.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A persistent counter, advanced in the same durable batches as the
+    /// work it counts (so it survives kill -9 exactly).
+    pub fn counter(&self, name: &str) -> Result<u64, WalError> {
+        Ok(self
+            .tree
+            .get(counter_key(name))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
     }
 
     pub fn state(&self, key: &DedupKey) -> Result<KeyState, WalError> {
@@ -165,7 +205,21 @@ impl Wal {
         if batch.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "drill")]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.injected_io_errors.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(WalError::Io(sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "injected: no space left on device",
+                ))));
+            }
+        }
+        let resolves = batch.resolves;
         self.tree.apply_batch(batch.batch)?;
+        if resolves {
+            crate::failpoint::hit(crate::failpoint::AFTER_LANDED_APPLY);
+        }
         self.db.flush()?;
         Ok(())
     }

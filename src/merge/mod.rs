@@ -4,7 +4,11 @@
 //!
 //! 1. reads the table's watermark `W` from the state table (none: from the start);
 //! 2. finds `H`, the newest `_landfall_ingested` at or after `W - overlap`;
-//! 3. runs the MERGE ([`sql::merge_statement`]) over `[W - overlap, H]`;
+//! 3. records the newest delete per key in the window as a tombstone
+//!    ([`sql::tombstone_statement`]), then runs the MERGE
+//!    ([`sql::merge_statement`]) over `[W - overlap, H]`, leaving out changes
+//!    no newer than their key's tombstone (so a replayed old change never
+//!    brings a deleted row back);
 //! 4. stores `H` as the new watermark.
 //!
 //! The cost of a merge is bounded by the rows ingested since the previous
@@ -29,7 +33,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::config::{Config, TableConfig};
 use crate::decode::ident::{IdentError, Quoted};
-use crate::metrics::{Metrics, SharedMetrics};
+use crate::metrics::{signalled, Metrics, SharedMetrics};
 use crate::sink::client::{cell, classify, redact, BigQuery, Failure};
 use sql::{MergeTarget, Window};
 
@@ -90,10 +94,9 @@ impl Merger {
                 Err(e) if attempt < ATTEMPTS && is_retryable(&e) => {
                     Metrics::add(&self.metrics.merge_failures, 1);
                     tracing::warn!(table, attempt, error = %redact(&e), "merge statement failed; retrying");
-                    let mut shutdown = self.shutdown.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return Err(MergeError::Shutdown { table: table.into() }),
+                        _ = signalled(self.shutdown.clone()) => return Err(MergeError::Shutdown { table: table.into() }),
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -142,8 +145,12 @@ impl Merger {
             return Ok(MergeReport { table: name.into(), window: None, affected_rows: 0 });
         };
         let window = Window { from_micros: from, to_micros: to };
+        // Tombstones first: a crash between the two statements is repaired
+        // by the next merge, which runs both again over the same window.
+        self.run(name, &sql::tombstone_statement(&target, &window)).await?;
         let resp = self.run(name, &sql::merge_statement(&target, &window)).await?;
         let affected = resp.num_dml_affected_rows.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
+        crate::failpoint::hit(crate::failpoint::MID_MERGE);
         // The watermark never moves backwards (a full merge may see less).
         let new_mark = watermark.map_or(to, |w| w.max(to));
         self.run(name, &sql::write_watermark_statement(&state, name, new_mark).map_err(ident)?).await?;
@@ -169,14 +176,13 @@ impl Merger {
         if interval.is_zero() {
             return;
         }
-        let mut shutdown = self.shutdown.clone();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = signalled(self.shutdown.clone()) => return,
             }
             for r in self.merge_all(false).await {
                 if let Err(e) = r {

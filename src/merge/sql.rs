@@ -33,6 +33,14 @@ pub struct MergeTarget {
     pub primary_key: Vec<Quoted>,
     /// Every source column, primary key included.
     pub columns: Vec<Quoted>,
+    /// The primary keys of deleted rows with the ordering value of their
+    /// delete, so that an older change can never bring a deleted row back.
+    pub tombstones: Quoted,
+}
+
+/// The tombstone table of a final table.
+pub fn tombstone_table_name(final_table: &str) -> String {
+    format!("{final_table}__tombstones")
 }
 
 impl MergeTarget {
@@ -42,6 +50,7 @@ impl MergeTarget {
             target: Quoted::table_path(project, dataset, target)?,
             primary_key: pk.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
             columns: columns.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
+            tombstones: Quoted::table_path(project, dataset, &tombstone_table_name(target))?,
         })
     }
 }
@@ -59,13 +68,16 @@ fn window_filter(w: &Window) -> String {
     f
 }
 
-/// The MERGE of `t.log` into `t.target` over `window`.
+/// The MERGE of `t.log` into `t.target` over `window`. Changes no newer
+/// than a tombstone of their key are left out (run [`tombstone_statement`]
+/// for the same window first).
 pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
     let (key, op, order, ingested) =
         (Quoted::internal(COL_KEY), Quoted::internal(COL_OP), Quoted::internal(COL_ORDER), Quoted::internal(COL_INGESTED));
     let cols = t.columns.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
     let pk = t.primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
     let on = t.primary_key.iter().map(|c| format!("T.{c} = S.{c}")).collect::<Vec<_>>().join(" AND ");
+    let tomb_on = t.primary_key.iter().map(|c| format!("TB.{c} = L.{c}")).collect::<Vec<_>>().join(" AND ");
     let set = t
         .columns
         .iter()
@@ -79,21 +91,50 @@ pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
     format!(
         "MERGE {target} AS T\n\
          USING (\n\
-         \x20 SELECT * EXCEPT(_landfall_rn) FROM (\n\
-         \x20   SELECT {cols}, {op}, {order}, {key},\n\
-         \x20     ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY {order} DESC, {key} DESC) AS _landfall_rn\n\
-         \x20   FROM (\n\
-         \x20     SELECT * FROM {log}\n\
-         \x20     WHERE {filter}\n\
-         \x20     QUALIFY ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {ingested}) = 1\n\
-         \x20   )\n\
-         \x20 ) WHERE _landfall_rn = 1\n\
+         \x20 SELECT L.* FROM (\n\
+         \x20   SELECT * EXCEPT(_landfall_rn) FROM (\n\
+         \x20     SELECT {cols}, {op}, {order}, {key},\n\
+         \x20       ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY {order} DESC, {key} DESC) AS _landfall_rn\n\
+         \x20     FROM (\n\
+         \x20       SELECT * FROM {log}\n\
+         \x20       WHERE {filter}\n\
+         \x20       QUALIFY ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {ingested}) = 1\n\
+         \x20     )\n\
+         \x20   ) WHERE _landfall_rn = 1\n\
+         \x20 ) AS L\n\
+         \x20 LEFT JOIN {tombstones} AS TB ON {tomb_on}\n\
+         \x20 WHERE L.{op} = 'D' OR TB.{order} IS NULL OR L.{order} > TB.{order}\n\
          ) AS S\n\
          ON {on}\n\
          WHEN MATCHED AND {newer} AND S.{op} = 'D' THEN DELETE\n\
          WHEN MATCHED AND {newer} AND S.{op} = 'U' THEN UPDATE SET {set}\n\
          WHEN NOT MATCHED AND S.{op} = 'U' THEN INSERT ({insert_cols}) VALUES ({insert_vals})",
         target = t.target,
+        log = t.log,
+        tombstones = t.tombstones,
+        filter = window_filter(window),
+    )
+}
+
+/// Records the newest delete per primary key in `window` as a tombstone.
+pub fn tombstone_statement(t: &MergeTarget, window: &Window) -> String {
+    let (op, order) = (Quoted::internal(COL_OP), Quoted::internal(COL_ORDER));
+    let pk = t.primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    let on = t.primary_key.iter().map(|c| format!("T.{c} = S.{c}")).collect::<Vec<_>>().join(" AND ");
+    let vals = t.primary_key.iter().map(|c| format!("S.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "MERGE {tombstones} AS T\n\
+         USING (\n\
+         \x20 SELECT {pk}, {order} FROM (\n\
+         \x20   SELECT {pk}, {order}, ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY {order} DESC) AS _landfall_rn\n\
+         \x20   FROM {log}\n\
+         \x20   WHERE {filter} AND {op} = 'D'\n\
+         \x20 ) WHERE _landfall_rn = 1\n\
+         ) AS S\n\
+         ON {on}\n\
+         WHEN MATCHED AND S.{order} > T.{order} THEN UPDATE SET {order} = S.{order}\n\
+         WHEN NOT MATCHED THEN INSERT ({pk}, {order}) VALUES ({vals}, S.{order})",
+        tombstones = t.tombstones,
         log = t.log,
         filter = window_filter(window),
     )
@@ -174,8 +215,25 @@ mod tests {
         ] {
             assert!(sql.contains(needle), "missing {needle:?} in\n{sql}");
         }
+        assert!(sql.contains("LEFT JOIN `landfall-local.cdc.orders__tombstones` AS TB ON TB.`tenant` = L.`tenant` AND TB.`id` = L.`id`"), "{sql}");
+        assert!(sql.contains("WHERE L.`_landfall_op` = 'D' OR TB.`_landfall_order` IS NULL OR L.`_landfall_order` > TB.`_landfall_order`"), "{sql}");
         let full = merge_statement(&target(), &Window { from_micros: None, to_micros: 5 });
         assert!(!full.contains(">="), "{full}");
+    }
+
+    #[test]
+    fn tombstones_keep_the_newest_delete_per_key() {
+        let sql = tombstone_statement(&target(), &Window { from_micros: Some(1), to_micros: 2 });
+        for needle in [
+            "MERGE `landfall-local.cdc.orders__tombstones` AS T",
+            "FROM `landfall-local.cdc.orders_log`",
+            "AND `_landfall_op` = 'D'",
+            "PARTITION BY `tenant`, `id` ORDER BY `_landfall_order` DESC",
+            "WHEN MATCHED AND S.`_landfall_order` > T.`_landfall_order` THEN UPDATE SET `_landfall_order` = S.`_landfall_order`",
+            "WHEN NOT MATCHED THEN INSERT (`tenant`, `id`, `_landfall_order`) VALUES (S.`tenant`, S.`id`, S.`_landfall_order`)",
+        ] {
+            assert!(sql.contains(needle), "missing {needle:?} in\n{sql}");
+        }
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct BigQuery {
     pub project: String,
     pub dataset: String,
     pub location: String,
+    /// How long one jobs.query call waits for its result (half the request timeout, at most 10 s).
+    pub query_wait: Duration,
 }
 
 impl BigQuery {
@@ -127,13 +129,15 @@ impl BigQuery {
             project: cfg.project.clone(),
             dataset: cfg.dataset.clone(),
             location: cfg.location.clone(),
+            query_wait: (cfg.request_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(10)),
         })
     }
 
     /// Runs one standard-SQL statement and waits for it to finish.
     pub async fn query(&self, sql: &str) -> Result<QueryResponse, BQError> {
         let mut req = QueryRequest::new(sql);
-        req.timeout_ms = Some(60_000);
+        // Answer within the HTTP timeout; longer queries are polled below.
+        req.timeout_ms = Some(self.query_wait.as_millis() as i32);
         req.location = Some(self.location.clone());
         let mut resp = self.client.job().query(&self.project, req).await?;
         while resp.job_complete == Some(false) {

@@ -28,7 +28,7 @@ use crate::config::BigQueryConfig;
 use crate::decode::row::COL_INGESTED;
 use crate::decode::value::format_timestamp_micros;
 use crate::key::DedupKey;
-use crate::metrics::{Metrics, SharedMetrics};
+use crate::metrics::{signalled, Metrics, SharedMetrics};
 
 /// A row to ship, with its dedup key (the insertId).
 #[derive(Debug, Clone)]
@@ -101,13 +101,12 @@ impl BigQuerySink {
         let base = self.policy.initial_delay.saturating_mul(1u32 << attempt.min(16)).min(self.policy.max_delay);
         // Full jitter in [base/2, base].
         let jittered = base.mul_f64(rand::rng().random_range(0.5..=1.0));
-        let mut shutdown = self.shutdown.clone();
-        if *shutdown.borrow() {
+        if *self.shutdown.borrow() {
             return Err(SinkError::Shutdown);
         }
         tokio::select! {
             _ = tokio::time::sleep(jittered) => Ok(()),
-            _ = shutdown.changed() => Err(SinkError::Shutdown),
+            _ = signalled(self.shutdown.clone()) => Err(SinkError::Shutdown),
         }
     }
 

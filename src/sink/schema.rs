@@ -26,7 +26,7 @@ use crate::config::{Config, TableConfig};
 use crate::decode::row::*;
 use crate::decode::ident::Quoted;
 use crate::decode::ColumnType;
-use crate::merge::sql::create_final_table_statement;
+use crate::merge::sql::{create_final_table_statement, tombstone_table_name};
 
 pub const COL_DL_TOPIC: &str = "topic";
 pub const COL_DL_PARTITION: &str = "partition";
@@ -93,6 +93,18 @@ pub fn final_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
     let mut f: Vec<_> = t.columns.iter().map(|c| field(&c.name, c.ty)).collect();
     f.push(field(COL_ORDER, ColumnType::String));
     f.push(field(COL_KEY, ColumnType::String));
+    f
+}
+
+/// Primary key + the ordering value of the newest delete of that key.
+pub fn tombstone_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
+    let mut f: Vec<_> = t
+        .primary_key
+        .iter()
+        .filter_map(|k| t.columns.iter().find(|c| &c.name == k))
+        .map(|c| field(&c.name, c.ty))
+        .collect();
+    f.push(field(COL_ORDER, ColumnType::String));
     f
 }
 
@@ -212,6 +224,7 @@ impl BigQuery {
         for t in &cfg.tables {
             self.ensure_table(&t.log_table, log_table_fields(t), Some(expiration.clone()), None).await?;
             self.ensure_final_table(t).await?;
+            self.ensure_table(&tombstone_table_name(&t.final_table), tombstone_fields(t), None, Some(t.primary_key.clone())).await?;
         }
         self.ensure_table(&cfg.bigquery.dead_letter_table, dead_letter_fields(), Some(TimePartitioning::per_day().field(COL_INGESTED)), None)
             .await?;

@@ -31,8 +31,17 @@ pub fn unique_dataset(prefix: &str) -> String {
 
 /// The demo config (the simulated tables) plus `extra` TOML, for a fresh dataset.
 pub fn config(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str) -> Arc<Config> {
+    config_with(kafka, wal, dataset, extra, &[])
+}
+
+/// Like [`config`], with textual replacements applied to the demo config first.
+pub fn config_with(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str, replace: &[(&str, &str)]) -> Arc<Config> {
     let mut text = demo_config_toml(&kafka.bootstrap_servers(), &endpoint(), &project(), dataset, wal, &landfall::sim::tables())
         .replace("\"dms.sales\"", &format!("\"{}\"", kafka.topic));
+    for (from, to) in replace {
+        assert!(text.contains(from), "{from:?} not in the demo config");
+        text = text.replace(from, to);
+    }
     text.push_str(extra);
     Arc::new(Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}")))
 }

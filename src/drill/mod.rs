@@ -1,0 +1,3 @@
+//! Crash-recovery drills and fault injection (cargo feature `drill`).
+
+pub mod proxy;
