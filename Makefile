@@ -5,7 +5,12 @@
 CARGO ?= cargo
 WITH_EMULATOR := scripts/with-emulator.sh
 
-.PHONY: all build demo test unit emulator-setup clean-emulator
+# Tests and drills run with the `drill` feature (failpoints, fault proxy,
+# out-of-process mock Kafka); production builds (`cargo build --release`) do not.
+FEATURES := --features drill
+ROUNDS ?= 100
+
+.PHONY: all build demo test unit drill emulator-setup clean-emulator
 
 all: build
 
@@ -20,12 +25,17 @@ demo: build
 # Unit, property and end-to-end tests (the latter against the emulator).
 test:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-	$(CARGO) build --tests --bins
-	$(WITH_EMULATOR) $(CARGO) test --all-targets
+	$(CARGO) build $(FEATURES) --tests --bins
+	$(WITH_EMULATOR) $(CARGO) test $(FEATURES) --all-targets
 
 # Tests that need nothing running.
 unit:
-	$(CARGO) test --lib
+	$(CARGO) test $(FEATURES) --lib
+
+# The full crash-recovery drill (`make drill ROUNDS=100 SEED=...`).
+drill:
+	$(CARGO) build $(FEATURES) --bins
+	$(WITH_EMULATOR) target/debug/landfall drill --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED))
 
 emulator-setup:
 	scripts/bq-emulator.sh setup

@@ -51,6 +51,51 @@ enum Command {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
         config: PathBuf,
     },
+    /// Crash-recovery drill: kill -9 the bridge at random moments and at every
+    /// failpoint, take over with a second bridge, then verify (feature `drill`).
+    #[cfg(feature = "drill")]
+    Drill {
+        #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "LANDFALL_BQ_PROJECT", default_value = "landfall-local")]
+        project: String,
+        /// Replays a run exactly; random if unset (printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Skip the failpoint rounds.
+        #[arg(long)]
+        no_failpoints: bool,
+        /// Skip the two-bridge takeover.
+        #[arg(long)]
+        no_takeover: bool,
+        #[arg(long, default_value_t = 300)]
+        load_rows: usize,
+        #[arg(long, default_value_t = 5000)]
+        changes: usize,
+        #[arg(long, default_value_t = 0.05)]
+        duplicate_rate: f64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Keep config, WALs and logs here (default: a temp dir, kept on failure).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Print one JSON object instead of the human report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a mock Kafka cluster for drills (internal).
+    #[cfg(feature = "drill")]
+    #[command(hide = true)]
+    MockKafka {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long)]
+        ready_file: PathBuf,
+    },
     /// Run the whole pipeline on local parts and verify the result.
     Demo {
         /// BigQuery REST endpoint of the local emulator (`make demo` starts one).
@@ -88,21 +133,25 @@ fn init_logging(json: bool, default: &str) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+/// SIGTERM and SIGINT, registered when created (so a signal that arrives
+/// while the service is still starting is not lost, nor fatal).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
 }
 
 async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -115,10 +164,12 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = Arc::new(Config::load(&config)?);
             tracing::info!(config = ?cfg, "starting");
+            // Signals are caught from here on, also while starting up.
+            let mut signals = Signals::install()?;
             let service = Service::start(cfg).await?;
             let summary = service.metrics.clone();
             tokio::select! {
-                _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
+                _ = signals.recv() => tracing::info!("signal received; shutting down"),
                 _ = wait_finished(&service) => tracing::error!("the pipeline stopped on its own"),
             }
             let stopped = service.stop().await?;
@@ -155,6 +206,62 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{n} dead letter(s)");
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "drill")]
+        Command::MockKafka { topic, partitions, ready_file } => {
+            landfall::drill::kafka::serve(&topic, partitions, &ready_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "drill")]
+        Command::Drill {
+            endpoint,
+            project,
+            seed,
+            rounds,
+            no_failpoints,
+            no_takeover,
+            load_rows,
+            changes,
+            duplicate_rate,
+            partitions,
+            work_dir,
+            json,
+        } => {
+            let seed = seed.unwrap_or_else(rand::random);
+            if !json {
+                println!("landfall drill: seed {seed} (replay with --seed {seed}), {rounds} kill rounds");
+            }
+            let report = landfall::drill::run(landfall::drill::DrillOptions {
+                endpoint,
+                project,
+                seed,
+                rounds,
+                failpoints: !no_failpoints,
+                takeover: !no_takeover,
+                load_rows,
+                changes,
+                duplicate_rate,
+                partitions,
+                work_dir,
+                exe: std::env::current_exe()?,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.table_report);
+                println!(
+                    "\nkills: {} (failpoints hit: {:?}, missed: {:?}), takeover: {}, graceful shutdown: {}",
+                    report.kills, report.failpoints_hit, report.failpoints_missed, report.takeover, report.graceful_shutdown_ok
+                );
+                println!(
+                    "changes: {} ({} messages with duplicates); duplicates absorbed by the WAL: {}, by the MERGE: {}",
+                    report.changes_produced, report.messages_produced, report.duplicates_absorbed_by_wal, report.duplicates_absorbed_by_merge
+                );
+                println!("lost: {}, duplicate rows in final tables: {}, elapsed {:.0}s", report.lost, report.duplicate_rows_in_final, report.elapsed_seconds);
+                println!("{} (seed {seed}; work files: {})", if report.verified { "VERIFIED" } else { "FAILED" }, report.work_dir);
+            }
+            Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Command::Demo { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions } => {
             let ok = demo::run(DemoOptions { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions }).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -172,7 +279,13 @@ async fn wait_finished(service: &Service) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own report; its logs are only warnings unless asked.
-    let default = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info,librdkafka=warn,rdkafka=warn" };
+    let quiet = match &cli.command {
+        Command::Demo { .. } => true,
+        #[cfg(feature = "drill")]
+        Command::Drill { .. } | Command::MockKafka { .. } => true,
+        _ => false,
+    };
+    let default = if quiet { "warn" } else { "info,librdkafka=warn,rdkafka=warn" };
     init_logging(cli.log_json, default);
     match main_result(cli).await {
         Ok(code) => code,

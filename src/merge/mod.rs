@@ -181,11 +181,15 @@ impl Merger {
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                biased;
                 _ = signalled(self.shutdown.clone()) => return,
+                _ = tick.tick() => {}
             }
-            for r in self.merge_all(false).await {
-                if let Err(e) = r {
+            for t in &self.cfg.tables {
+                if *self.shutdown.borrow() {
+                    return;
+                }
+                if let Err(e) = self.merge_table(t, false).await {
                     tracing::error!(error = %e, "merge failed; delivery continues, the next interval retries");
                 }
             }

@@ -26,6 +26,10 @@ pub struct TableVerdict {
     /// Keys whose rows differ (missing, extra, or other values), at most 10.
     pub differing_keys: Vec<String>,
     pub differing_total: usize,
+    /// Keys of the source missing from the final table (lost changes or
+    /// deletes applied wrongly), and keys in the final table the source lacks.
+    pub missing_keys: usize,
+    pub extra_keys: usize,
     /// Primary keys present more than once in the final table.
     pub duplicate_keys: usize,
 }
@@ -154,13 +158,20 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
         expected.insert(key, values.join("\u{1f}"));
     }
     let mut differing: Vec<String> = Vec::new();
+    let (mut missing_keys, mut extra_keys) = (0, 0);
     for (k, v) in &expected {
-        if actual.get(k) != Some(v) {
-            differing.push(k.clone());
+        match actual.get(k) {
+            None => {
+                missing_keys += 1;
+                differing.push(k.clone());
+            }
+            Some(a) if a != v => differing.push(k.clone()),
+            Some(_) => {}
         }
     }
     for k in actual.keys() {
         if !expected.contains_key(k) {
+            extra_keys += 1;
             differing.push(k.clone());
         }
     }
@@ -173,6 +184,8 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
         final_checksum: checksum(&actual),
         differing_total: differing.len(),
         differing_keys: differing.into_iter().take(10).collect(),
+        missing_keys,
+        extra_keys,
         duplicate_keys,
     })
 }
