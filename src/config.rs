@@ -200,6 +200,11 @@ pub struct PipelineConfig {
     /// true, acknowledged and counted as skipped when false.
     #[serde(default = "default_true")]
     pub strict_routing: bool,
+    /// How long a shutdown (SIGTERM, SIGINT) waits for in-flight changes to
+    /// land and be committed before giving up on them (they stay pending in
+    /// the WAL and are re-shipped on the next start).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// The top-level field DMS puts the before image under
     /// (`BeforeImageSettings.FieldName` of the DMS endpoint).
     #[serde(default = "default_before_image_field")]
@@ -215,6 +220,7 @@ impl Default for PipelineConfig {
             max_message_bytes: default_max_message_bytes(),
             strict_routing: true,
             before_image_field: default_before_image_field(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -289,6 +295,9 @@ fn default_inflight_batches() -> usize {
 }
 fn default_max_message_bytes() -> usize {
     5_000_000
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_before_image_field() -> String {
     "before-image".into()

@@ -328,17 +328,6 @@ struct BatchDone {
     result: Result<Result<Vec<DedupKey>, SinkError>, PipelineError>,
 }
 
-/// Options of one run of the bridge.
-pub struct RunOptions {
-    /// How long a shutdown waits for in-flight batches to land.
-    pub drain_timeout: Duration,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions { drain_timeout: Duration::from_secs(30) }
-    }
-}
 
 /// Runs the bridge until `shutdown` turns true (or a fatal error).
 /// `abort` is raised when draining times out; the sink given here must watch it.
@@ -349,7 +338,6 @@ pub async fn run(
     metrics: SharedMetrics,
     mut shutdown: watch::Receiver<bool>,
     abort: watch::Sender<bool>,
-    opts: RunOptions,
 ) -> Result<Stopped, PipelineError> {
     match recover(&wal, &sink, &cfg, &metrics).await? {
         Ok(n) if n > 0 => tracing::info!(records = n, "recovery complete"),
@@ -368,6 +356,11 @@ pub async fn run(
     let mut prune = tokio::time::interval(cfg.wal.prune_interval);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = *shutdown.borrow();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Commit points are re-sent every few seconds: a failed async commit is
+    // then repaired even when no new change moves the point.
+    let mut recommit = tokio::time::interval(Duration::from_secs(2));
+    recommit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if stopping && batch.is_empty() && batches_in_flight == 0 {
@@ -416,13 +409,18 @@ pub async fn run(
             }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
-                tracing::info!(in_flight = batches_in_flight, "shutdown requested: draining in-flight batches");
-                let abort = abort.clone();
-                let timeout = opts.drain_timeout;
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    let _ = abort.send(true);
-                });
+                drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
+                tracing::info!(in_flight = batches_in_flight, timeout = ?cfg.pipeline.shutdown_timeout, "shutdown requested: draining in-flight batches");
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                // Bounded shutdown: give up on what is still in flight. It is
+                // pending in the WAL (or was never written) and its offsets
+                // were not committed, so the next start re-ships it.
+                let _ = abort.send(true);
+                tracing::warn!(in_flight = batches_in_flight, "shutdown timeout: leaving in-flight changes pending in the WAL");
+                commit_ready(&consumer, &mut tracker, &metrics);
+                metrics.log_summary();
+                return Ok(Stopped::Interrupted);
             }
             msg = consumer.recv(), if can_read => {
                 drain_rebalance_events(&ctx, &mut tracker);
@@ -444,6 +442,12 @@ pub async fn run(
             // slot taken would otherwise spin.
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches => {}
             _ = summary.tick() => metrics.log_summary(),
+            _ = recommit.tick() => {
+                let points: Vec<_> = tracker.commit_points().into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect();
+                if let Err(e) = kafka::commit(&consumer, &points) {
+                    tracing::debug!(error = %e, "offset re-commit not sent");
+                }
+            }
             _ = prune.tick() => {
                 let w = wal.clone();
                 let before = now_ms().saturating_sub(cfg.wal.retention.as_millis() as u64);

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::log::Wal;
 use crate::merge::Merger;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::pipeline::{self, PipelineError, RunOptions, Stopped};
+use crate::pipeline::{self, PipelineError, Stopped};
 use crate::sink::{BigQuery, BigQuerySink, Sink};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,8 @@ pub struct Service {
     pub metrics: SharedMetrics,
     pub bq: BigQuery,
     pub merger: Arc<Merger>,
+    /// The WAL the pipeline writes (shared handle), for inspection and fault injection.
+    pub wal: Wal,
     shutdown: watch::Sender<bool>,
     pipeline: JoinHandle<Result<Stopped, PipelineError>>,
     merge_task: JoinHandle<()>,
@@ -47,8 +49,8 @@ impl Service {
         let sink: Arc<dyn Sink> = Arc::new(BigQuerySink::new(bq.clone(), &cfg.bigquery, abort_rx, metrics.clone()));
         let merger = Arc::new(Merger::new(bq.clone(), cfg.clone(), metrics.clone(), shutdown_rx.clone()));
         let merge_task = tokio::spawn(merger.clone().run_periodic());
-        let pipeline = tokio::spawn(pipeline::run(cfg, wal, sink, metrics.clone(), shutdown_rx, abort, RunOptions::default()));
-        Ok(Service { metrics, bq, merger, shutdown, pipeline, merge_task })
+        let pipeline = tokio::spawn(pipeline::run(cfg, wal.clone(), sink, metrics.clone(), shutdown_rx, abort));
+        Ok(Service { metrics, bq, merger, wal, shutdown, pipeline, merge_task })
     }
 
     /// True once the pipeline has stopped (e.g. on a fatal error).

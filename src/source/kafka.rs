@@ -73,7 +73,8 @@ impl ConsumerContext for SourceContext {
             Ok(()) => tracing::debug!(n = offsets.count(), "offsets committed"),
             // A failed commit is retried by the next commit of a later point;
             // a redelivery of what it covered is absorbed by the WAL.
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+            // The pipeline re-sends its commit points every few seconds.
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; it will be re-sent"),
         }
     }
 }

@@ -12,7 +12,16 @@ use landfall::config::Config;
 use landfall::demo::{demo_config_toml, LocalKafka};
 use landfall::sink::BigQuery;
 
+/// Logs of the code under test, on stderr, when `LANDFALL_TEST_LOG` is set
+/// (an env-filter such as `info`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("LANDFALL_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
+    }
+}
+
 pub fn endpoint() -> String {
+    init_logs();
     std::env::var("LANDFALL_BQ_ENDPOINT").expect(
         "LANDFALL_BQ_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts the local BigQuery emulator",
     )
