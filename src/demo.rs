@@ -61,24 +61,7 @@ impl LocalKafka {
 
     /// Produces one message with any key and value (or none).
     pub fn produce_raw(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> anyhow::Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        let mut record = record;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    self.producer.poll(Duration::from_millis(50));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send(&self.producer, &self.topic, key, payload)
     }
 
     pub fn flush(&self) -> anyhow::Result<()> {
@@ -92,6 +75,27 @@ impl LocalKafka {
         (0..self.partitions)
             .map(|p| Ok(c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?.1))
             .collect()
+    }
+}
+
+/// Sends one message, waiting while the producer's queue is full.
+pub fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>) -> anyhow::Result<()> {
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                producer.poll(Duration::from_millis(50));
+                record = r;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
     }
 }
 

@@ -41,7 +41,8 @@ use crate::metrics::{Metrics, SharedMetrics};
 use crate::sink::schema::*;
 use crate::sink::{RowOutcome, ShipRow, Sink, SinkError};
 use crate::source::kafka::{self, RebalanceEvent, SourceError};
-use crate::source::tracker::{TopicPartition, Tracker};
+use crate::source::progress::{self, SharedProgress};
+use crate::source::tracker::TopicPartition;
 
 /// The WAL counter of changes not shipped because their key was already
 /// landed or in flight (survives restarts and kill -9).
@@ -308,24 +309,9 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Me
     Ok(Ok(total))
 }
 
-/// One message waiting for its rows to resolve.
-struct Waiting {
-    tp: TopicPartition,
-    epoch: u64,
-    offset: i64,
-    remaining: usize,
-}
-
-/// The coordinator's bookkeeping of in-flight work.
-#[derive(Default)]
-struct InFlight {
-    next_id: u64,
-    msgs: HashMap<u64, Waiting>,
-    keys: HashMap<DedupKey, Vec<u64>>,
-}
-
+/// A ship task's end: its keys are already resolved in the shared progress.
 struct BatchDone {
-    result: Result<Result<Vec<DedupKey>, SinkError>, PipelineError>,
+    result: Result<Result<(), SinkError>, PipelineError>,
 }
 
 
@@ -344,9 +330,9 @@ pub async fn run(
         Ok(_) => {}
         Err(SinkError::Shutdown) => return Ok(Stopped::Interrupted),
     }
-    let (consumer, ctx) = kafka::subscribe(&cfg.kafka)?;
-    let mut tracker = Tracker::default();
-    let mut inflight = InFlight::default();
+    let progress = SharedProgress::default();
+    let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout)?;
+    let consumer = Arc::new(consumer);
     let (done_tx, mut done_rx) = mpsc::channel::<BatchDone>(cfg.pipeline.max_inflight_batches + 1);
     let mut batches_in_flight = 0usize;
     let mut batch: Vec<Msg> = Vec::with_capacity(cfg.pipeline.batch_max_messages);
@@ -373,17 +359,24 @@ pub async fn run(
             let msgs = std::mem::take(&mut batch);
             deadline = None;
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
-            let groups = prepare(&cfg, &wal, &metrics, &mut tracker, &mut inflight, msgs).instrument(span).await?;
-            commit_ready(&consumer, &mut tracker, &metrics);
+            let groups = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
+            commit_ready(&consumer, &progress, &metrics);
             if !groups.is_empty() {
                 batches_in_flight += 1;
                 let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
+                let (progress, consumer) = (progress.clone(), consumer.clone());
                 let dlq = cfg.bigquery.dead_letter_table.clone();
                 let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
                 let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
                 tokio::spawn(
                     async move {
-                        let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await;
+                        let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await.map(|r| {
+                            r.map(|keys| {
+                                // Step 5: complete the messages, commit.
+                                progress::lock(&progress).resolve(&keys);
+                                commit_ready(&consumer, &progress, &metrics);
+                            })
+                        });
                         let _ = tx.send(BatchDone { result }).await;
                     }
                     .instrument(span),
@@ -397,10 +390,7 @@ pub async fn run(
             Some(done) = done_rx.recv() => {
                 batches_in_flight -= 1;
                 match done.result? {
-                    Ok(keys) => {
-                        resolve(&mut tracker, &mut inflight, &keys);
-                        commit_ready(&consumer, &mut tracker, &metrics);
-                    }
+                    Ok(()) => {}
                     Err(SinkError::Shutdown) => {
                         // Aborted: what was in flight stays pending in the WAL.
                         return Ok(Stopped::Interrupted);
@@ -418,12 +408,12 @@ pub async fn run(
                 // were not committed, so the next start re-ships it.
                 let _ = abort.send(true);
                 tracing::warn!(in_flight = batches_in_flight, "shutdown timeout: leaving in-flight changes pending in the WAL");
-                commit_ready(&consumer, &mut tracker, &metrics);
+                commit_ready(&consumer, &progress, &metrics);
                 metrics.log_summary();
                 return Ok(Stopped::Interrupted);
             }
             msg = consumer.recv(), if can_read => {
-                drain_rebalance_events(&ctx, &mut tracker);
+                drain_rebalance_events(&ctx, &mut batch);
                 match msg {
                     Ok(m) => {
                         Metrics::add(&metrics.consumed, 1);
@@ -443,8 +433,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches => {}
             _ = summary.tick() => metrics.log_summary(),
             _ = recommit.tick() => {
-                let points: Vec<_> = tracker.commit_points().into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect();
-                if let Err(e) = kafka::commit(&consumer, &points) {
+                if let Err(e) = kafka::commit(&consumer, &committed_points(&progress)) {
                     tracing::debug!(error = %e, "offset re-commit not sent");
                 }
             }
@@ -459,34 +448,39 @@ pub async fn run(
             }
         }
     }
-    // Everything read has landed: commit synchronously before leaving.
-    let points: Vec<_> = tracker.commit_points().into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect();
-    if !points.is_empty() {
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for ((t, p), o) in &points {
-            let _ = tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o));
-        }
-        if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
-            tracing::warn!(error = %e, "final offset commit failed; the next start re-reads and the WAL absorbs the duplicates");
-        }
+    // Everything read has landed: commit the final points. A synchronous
+    // commit can wait forever while the coordinator is unreachable, so the
+    // commit is asynchronous and the consumer is served for a bounded time to
+    // deliver it (a message read meanwhile is not acknowledged: redelivered
+    // later, absorbed by the WAL).
+    if let Err(e) = kafka::commit(&consumer, &committed_points(&progress)) {
+        tracing::warn!(error = %e, "final offset commit failed; the next start re-reads and the WAL absorbs the duplicates");
     }
+    let _ = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
     metrics.log_summary();
     Ok(Stopped::Drained)
 }
 
-fn drain_rebalance_events(ctx: &kafka::SourceContext, tracker: &mut Tracker) {
+/// Drops messages of revoked partitions that were read but not yet prepared
+/// (the rebalance callback already settled their partitions' progress; the
+/// next owner reads them again).
+fn drain_rebalance_events(ctx: &kafka::SourceContext, batch: &mut Vec<Msg>) {
     let events: Vec<RebalanceEvent> = std::mem::take(&mut *ctx.events.lock().unwrap_or_else(|e| e.into_inner()));
     for e in events {
         if let RebalanceEvent::Revoked(parts) = e {
-            for tp in parts {
-                tracker.revoke(&tp);
-            }
+            batch.retain(|m| !parts.iter().any(|(t, p)| t == &m.topic && *p == m.partition));
         }
     }
 }
 
-fn commit_ready(consumer: &kafka::Source, tracker: &mut Tracker, metrics: &Metrics) {
-    let points = tracker.take_commits();
+/// The commit points handed out so far (to re-send them).
+fn committed_points(progress: &SharedProgress) -> Vec<(TopicPartition, i64)> {
+    progress::lock(progress).tracker.commit_points().into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect()
+}
+
+/// Commits the commit points that moved forward.
+fn commit_ready(consumer: &kafka::Source, progress: &SharedProgress, metrics: &Metrics) {
+    let points = progress::lock(progress).tracker.take_commits();
     if points.is_empty() {
         return;
     }
@@ -499,75 +493,50 @@ fn commit_ready(consumer: &kafka::Source, tracker: &mut Tracker, metrics: &Metri
     }
 }
 
-fn resolve(tracker: &mut Tracker, inflight: &mut InFlight, keys: &[DedupKey]) {
-    for key in keys {
-        for id in inflight.keys.remove(key).unwrap_or_default() {
-            if let Some(w) = inflight.msgs.get_mut(&id) {
-                w.remaining -= 1;
-                if w.remaining == 0 {
-                    let w = inflight.msgs.remove(&id).expect("present");
-                    tracker.complete(&w.tp, w.epoch, w.offset);
-                }
-            }
-        }
-    }
-}
-
 /// Steps 1 and 2 for a batch: plans every message, registers what each waits
 /// for, and writes new rows to the WAL (durably). Returns the rows to ship.
-async fn prepare(
-    cfg: &Config,
-    wal: &Wal,
-    metrics: &Metrics,
-    tracker: &mut Tracker,
-    inflight: &mut InFlight,
-    msgs: Vec<Msg>,
-) -> Result<Groups, PipelineError> {
+async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedProgress, msgs: Vec<Msg>) -> Result<Groups, PipelineError> {
+    // Decoding needs no lock.
+    let plans: Vec<(Msg, Plan)> = msgs.into_iter().map(|m| {
+        let p = plan(cfg, &m, metrics);
+        (m, p)
+    }).collect();
     let mut wal_batch = WalBatch::default();
     let mut to_ship: Vec<(String, ShipRow)> = Vec::new();
     let mut absorbed = 0u64;
-    for msg in msgs {
-        let tp = (msg.topic.clone(), msg.partition);
-        let epoch = tracker.begin(&tp, msg.offset);
-        let rows: Vec<(String, ShipRow)> = match plan(cfg, &msg, metrics) {
-            Plan::Ack => Vec::new(),
-            Plan::Rows(rows) => rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect(),
-            Plan::Dead(d) => {
-                tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason, "dead-lettering message");
-                let row = dead_letter_row(&d);
-                if wal.state(&row.key)? == KeyState::Absent && !inflight.keys.contains_key(&row.key) {
-                    wal_batch.dead_letter(&d);
-                    Metrics::add(&metrics.dead_lettered, 1);
+    {
+        let mut p = progress::lock(progress);
+        for (msg, plan) in plans {
+            let mut reg = p.begin((msg.topic.clone(), msg.partition), msg.offset);
+            let rows: Vec<(String, ShipRow)> = match plan {
+                Plan::Ack => Vec::new(),
+                Plan::Rows(rows) => rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect(),
+                Plan::Dead(d) => {
+                    tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason, "dead-lettering message");
+                    let row = dead_letter_row(&d);
+                    if wal.state(&row.key)? == KeyState::Absent && !p.is_in_flight(&row.key) {
+                        wal_batch.dead_letter(&d);
+                        Metrics::add(&metrics.dead_lettered, 1);
+                    }
+                    vec![(cfg.bigquery.dead_letter_table.clone(), row)]
                 }
-                vec![(cfg.bigquery.dead_letter_table.clone(), row)]
-            }
-        };
-        let id = inflight.next_id;
-        inflight.next_id += 1;
-        let mut remaining = 0;
-        for (table, row) in rows {
-            if let Some(waiters) = inflight.keys.get_mut(&row.key) {
-                waiters.push(id);
-                remaining += 1;
-                absorbed += 1;
-                continue;
-            }
-            match wal.state(&row.key)? {
-                KeyState::Resolved => {
+            };
+            for (table, row) in rows {
+                if p.is_in_flight(&row.key) {
+                    p.wait_for(&mut reg, row.key);
                     absorbed += 1;
+                    continue;
                 }
-                KeyState::Absent | KeyState::Pending => {
-                    wal_batch.pending(&row.key, &pending_record(&table, &row));
-                    inflight.keys.insert(row.key, vec![id]);
-                    remaining += 1;
-                    to_ship.push((table, row));
+                match wal.state(&row.key)? {
+                    KeyState::Resolved => absorbed += 1,
+                    KeyState::Absent | KeyState::Pending => {
+                        wal_batch.pending(&row.key, &pending_record(&table, &row));
+                        p.wait_for(&mut reg, row.key);
+                        to_ship.push((table, row));
+                    }
                 }
             }
-        }
-        if remaining == 0 {
-            tracker.complete(&tp, epoch, msg.offset);
-        } else {
-            inflight.msgs.insert(id, Waiting { tp, epoch, offset: msg.offset, remaining });
+            p.finish(reg);
         }
     }
     Metrics::add(&metrics.duplicates_absorbed, absorbed);

@@ -9,11 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall::demo::{merger, run_until_caught_up, LocalKafka};
+use landfall::demo::run_until_caught_up;
 use landfall::drill::proxy::{Fault, FaultProxy, Target};
 use landfall::merge::Merger;
 use landfall::metrics::Metrics;
-use landfall::sim::{verify, Simulator};
+use landfall::sim::Simulator;
 
 /// The emulator's base URL without the `/bigquery/v2` suffix.
 fn upstream() -> String {
@@ -24,28 +24,17 @@ fn status(target: Target, code: u16, reason: &str, message: &str) -> Fault {
     Fault::Status { target, code, reason: reason.into(), message: message.into() }
 }
 
-async fn merge_and_verify(bq: &landfall::sink::BigQuery, cfg: &Arc<landfall::config::Config>, sim: &Simulator) {
-    for r in merger(bq, cfg).merge_all(false).await {
-        r.unwrap();
-    }
-    let verdicts = verify::verify_all(bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_insert_all_failures_are_retried_and_land_exactly_once() {
     let proxy = FaultProxy::start(&upstream()).await.unwrap();
-    let kafka = LocalKafka::start("dms.bqfaults", 3).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("bqfaults");
-    let cfg = support::config_with(
-        &kafka,
-        wal.path(),
-        &dataset,
+    let stack = support::Stack::start(
+        "bqfaults",
+        3,
         "",
         &[(&support::endpoint(), &proxy.endpoint()), ("request_timeout = \"30s\"", "request_timeout = \"2s\"")],
-    );
-    let bq = support::bigquery(&cfg).await;
+    )
+    .await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
     let mut sim = Simulator::new(21);
     let mut msgs = sim.full_load(60);
     msgs.extend(sim.changes(900));
@@ -66,31 +55,28 @@ async fn transient_insert_all_failures_are_retried_and_land_exactly_once() {
     for f in faults {
         proxy.push(f);
     }
-    let m = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    let m = run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
     assert_eq!(proxy.stats().faults_injected, n, "every fault was hit");
     assert!(Metrics::get(&m.request_retries) >= n - 1, "retries: {}", Metrics::get(&m.request_retries));
     assert_eq!(Metrics::get(&m.dead_lettered), 0, "transient faults never dead-letter");
-    merge_and_verify(&bq, &cfg, &sim).await;
+    stack.merge_and_verify(&sim.model).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_answered_invalid_is_dead_lettered_and_the_stopped_ones_are_resent() {
     let proxy = FaultProxy::start(&upstream()).await.unwrap();
-    let kafka = LocalKafka::start("dms.invalidrow", 1).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("invalidrow");
-    let cfg = support::config_with(&kafka, wal.path(), &dataset, "", &[(&support::endpoint(), &proxy.endpoint())]);
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("invalidrow", 1, "", &[(&support::endpoint(), &proxy.endpoint())]).await;
+    let (kafka, cfg, bq) = (&stack.kafka, &stack.cfg, &stack.bq);
     let mut sim = Simulator::new(22);
     let msgs = sim.full_load(5);
     kafka.produce(&msgs).unwrap();
     proxy.push(Fault::InvalidRow { invalid_index: 1 });
-    let m = run_until_caught_up(&cfg, &kafka, Duration::from_secs(120)).await.unwrap();
+    let m = run_until_caught_up(cfg, kafka, Duration::from_secs(120)).await.unwrap();
     assert_eq!(Metrics::get(&m.dead_lettered), 1);
     // The other rows landed after being re-sent, and so did the dead letter's
     // row in the dead-letter table.
     assert_eq!(Metrics::get(&m.landed), msgs.len() as u64 - 1 + 1);
-    let dl = support::rows(&bq, &format!("SELECT reason FROM `{}.{}.{}`", bq.project, dataset, cfg.bigquery.dead_letter_table)).await;
+    let dl = support::rows(bq, &format!("SELECT reason FROM {}", stack.table(&cfg.bigquery.dead_letter_table))).await;
     assert_eq!(dl.len(), 1);
     assert!(dl[0][0].as_deref().unwrap().contains("injected invalid row"), "{dl:?}");
 }
@@ -98,16 +84,13 @@ async fn a_row_answered_invalid_is_dead_lettered_and_the_stopped_ones_are_resent
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_conflicts_and_quota_errors_are_retried_and_counted() {
     let proxy = FaultProxy::start(&upstream()).await.unwrap();
-    let kafka = LocalKafka::start("dms.mergefaults", 2).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("mergefaults");
-    let cfg = support::config_with(&kafka, wal.path(), &dataset, "", &[(&support::endpoint(), &proxy.endpoint())]);
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("mergefaults", 2, "", &[(&support::endpoint(), &proxy.endpoint())]).await;
+    let (kafka, cfg, bq) = (&stack.kafka, &stack.cfg, &stack.bq);
     let mut sim = Simulator::new(23);
     let mut msgs = sim.full_load(30);
     msgs.extend(sim.changes(300));
     kafka.produce(&msgs).unwrap();
-    run_until_caught_up(&cfg, &kafka, Duration::from_secs(120)).await.unwrap();
+    run_until_caught_up(cfg, kafka, Duration::from_secs(120)).await.unwrap();
 
     proxy.push(status(
         Target::Merge,
@@ -125,19 +108,15 @@ async fn merge_conflicts_and_quota_errors_are_retried_and_counted() {
     }
     assert_eq!(Metrics::get(&metrics.merge_failures), 3, "each failure is counted");
     assert_eq!(Metrics::get(&metrics.merges), cfg.tables.len() as u64, "and every table still merged");
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
+    stack.verify(&sim.model).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_dedups_still_gives_exact_final_tables() {
     let proxy = FaultProxy::start(&upstream()).await.unwrap();
     proxy.set_strip_insert_ids(true);
-    let kafka = LocalKafka::start("dms.nodedup", 3).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("nodedup");
-    let cfg = support::config_with(&kafka, wal.path(), &dataset, "", &[(&support::endpoint(), &proxy.endpoint())]);
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("nodedup", 3, "", &[(&support::endpoint(), &proxy.endpoint())]).await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
     let mut sim = Simulator::new(24);
     let mut msgs = sim.full_load(80);
     msgs.extend(sim.changes(1200));
@@ -148,12 +127,8 @@ async fn an_endpoint_that_never_dedups_still_gives_exact_final_tables() {
     for _ in 0..4 {
         proxy.push(Fault::ForwardThenReset { target: Target::InsertAll });
     }
-    run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
     assert!(proxy.stats().insert_ids_stripped > 0);
-    let mut copies = 0;
-    for t in &cfg.tables {
-        copies += support::scalar(&bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM `{}.{}.{}`", bq.project, dataset, t.log_table)).await;
-    }
-    assert!(copies > 0, "the log holds duplicate copies for the MERGE to absorb");
-    merge_and_verify(&bq, &cfg, &sim).await;
+    assert!(stack.log_copies().await > 0, "the log holds duplicate copies for the MERGE to absorb");
+    stack.merge_and_verify(&sim.model).await;
 }

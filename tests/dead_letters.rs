@@ -14,15 +14,6 @@ use landfall::metrics::Metrics;
 use landfall::sim::{verify, Simulator};
 use landfall::sink::schema::log_table_fields;
 
-const WIDGETS: &str = r#"
-[[tables]]
-source = "sales.widgets"
-log_table = "widgets_log"
-final_table = "widgets"
-primary_key = ["id"]
-columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
-"#;
-
 fn widget(id: i64, label: &str, micros: u32) -> Vec<u8> {
     format!(
         r#"{{"data":{{"id":{id},"label":"{label}"}},"metadata":{{"timestamp":"2026-11-27T03:00:00.{micros:06}Z","record-type":"data","operation":"insert","partition-key-type":"primary-key","schema-name":"sales","table-name":"widgets"}}}}"#
@@ -35,7 +26,7 @@ async fn poison_and_rejected_rows_are_dead_lettered_and_the_partition_keeps_flow
     let kafka = LocalKafka::start("dms.dead", 3).unwrap();
     let wal_dir = tempfile::tempdir().unwrap();
     let dataset = support::unique_dataset("dead");
-    let cfg = support::config(&kafka, wal_dir.path(), &dataset, WIDGETS);
+    let cfg = support::config(&kafka, wal_dir.path(), &dataset, support::WIDGETS);
 
     // Schema drift: the widgets log table exists with `label` as INT64, so
     // BigQuery rejects a row whose label is not a number.

@@ -6,17 +6,14 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::{merger, run_until_caught_up, LocalKafka};
+use landfall::demo::{merger, run_until_caught_up};
 use landfall::metrics::Metrics;
 use landfall::sim::{verify, Simulator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() {
-    let kafka = LocalKafka::start("dms.e2e", 8).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("e2e");
-    let cfg = support::config(&kafka, wal.path(), &dataset, "");
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("e2e", 8, "", &[]).await;
+    let (kafka, cfg, bq) = (&stack.kafka, &stack.cfg, &stack.bq);
 
     let mut sim = Simulator::new(42);
     let mut first = sim.full_load(400);
@@ -28,10 +25,10 @@ async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() 
     assert!(sim.produced >= 11_000 && deletes > 1000, "a realistic mix: {} changes, {deletes} deletes", sim.produced);
 
     kafka.produce(&first).unwrap();
-    let m1 = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    let m1 = run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
     // The bridge was stopped here; a new one resumes from the committed offsets.
     kafka.produce(&second).unwrap();
-    let m2 = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    let m2 = run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
 
     let consumed = Metrics::get(&m1.consumed) + Metrics::get(&m2.consumed);
     assert_eq!(consumed as usize, first.len() + second.len(), "every message consumed exactly once across the restart");
@@ -40,26 +37,16 @@ async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() 
     let landed = Metrics::get(&m1.landed) + Metrics::get(&m2.landed);
     assert_eq!(landed as usize, sim.produced, "one landed row per distinct change");
 
-    // Each log table holds each change once (no duplicate keys).
-    for t in &cfg.tables {
-        let dup = support::scalar(&bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM `{}.{}.{}`", bq.project, dataset, t.log_table)).await;
-        assert_eq!(dup, 0, "{} has duplicate keys", t.log_table);
-    }
-
-    let merger = merger(&bq, &cfg);
-    for r in merger.merge_all(false).await {
-        r.unwrap();
-    }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "final tables differ from the source:\n{}", verify::report(&verdicts));
+    assert_eq!(stack.log_copies().await, 0, "each log table holds each change once");
+    stack.merge_and_verify(&sim.model).await;
+    let verdicts = verify::verify_all(bq, &cfg.tables, &sim.model).await.unwrap();
     assert!(verdicts.iter().all(|v| v.source_rows > 100));
 
     // A second merge is incremental (reads from the watermark) and changes nothing.
-    for r in merger.merge_all(false).await {
+    for r in merger(bq, cfg).merge_all(false).await {
         let r = r.unwrap();
         assert!(r.window.unwrap().from_micros.is_some(), "second merge starts at the watermark");
         assert_eq!(r.affected_rows, 0, "{} changed on a repeated merge", r.table);
     }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
+    stack.verify(&sim.model).await;
 }

@@ -6,19 +6,10 @@ mod support;
 
 use landfall::decode::row::{build, Coords, COL_KEY};
 use landfall::decode::{dms, Decoded};
-use landfall::demo::{merger, LocalKafka};
+use landfall::demo::merger;
 use landfall::key::DedupKey;
 use landfall::metrics::Metrics;
 use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
-
-const WIDGETS: &str = r#"
-[[tables]]
-source = "sales.widgets"
-log_table = "widgets_log"
-final_table = "widgets"
-primary_key = ["id"]
-columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
-"#;
 
 fn change(op: &str, id: i64, label: &str, position: u64) -> Vec<u8> {
     format!(
@@ -29,22 +20,19 @@ fn change(op: &str, id: i64, label: &str, position: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_is_deduplicated_monotonic_and_incremental() {
-    let kafka = LocalKafka::start("dms.merge", 1).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("merge");
     // A short overlap, so that step 5 can put a delete outside the merge window.
-    let cfg = support::config_with(
-        &kafka,
-        wal.path(),
-        &dataset,
-        WIDGETS,
+    let stack = support::Stack::start(
+        "merge",
+        1,
+        support::WIDGETS,
         &[("overlap = \"5m\"", "overlap = \"6s\""), ("request_timeout = \"30s\"", "request_timeout = \"5s\"")],
-    );
-    let bq = support::bigquery(&cfg).await;
+    )
+    .await;
+    let (cfg, bq) = (&stack.cfg, &stack.bq);
     let route = cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap().clone();
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink = BigQuerySink::new(bq.clone(), &cfg.bigquery, rx, std::sync::Arc::new(Metrics::default()));
-    let merger = merger(&bq, &cfg);
+    let merger = merger(bq, cfg);
     let mut offset = 0;
     let mut ship = |payload: Vec<u8>, insert_id: Option<DedupKey>| {
         offset += 1;
@@ -54,7 +42,7 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
         ShipRow { key: insert_id.unwrap_or(r.key), json: r.json }
     };
     let final_rows = || async {
-        support::rows(&bq, &format!("SELECT id, label FROM `{}.{}.widgets` ORDER BY id", bq.project, dataset)).await
+        support::rows(bq, &format!("SELECT id, label FROM {} ORDER BY id", stack.table("widgets"))).await
     };
     let row = |id: &str, label: &str| vec![Some(id.to_owned()), Some(label.to_owned())];
 

@@ -7,26 +7,23 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall::demo::{merger, run_until_caught_up, LocalKafka};
+use landfall::demo::run_until_caught_up;
 use landfall::log::{Wal, WalBatch};
 use landfall::metrics::{Metrics, SharedMetrics};
 use landfall::pipeline::{pending_record, plan, Plan};
-use landfall::sim::{verify, Simulator};
+use landfall::sim::Simulator;
 use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once() {
-    let kafka = LocalKafka::start("dms.recovery", 4).unwrap();
-    let wal_dir = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("recovery");
-    let cfg = support::config(&kafka, wal_dir.path(), &dataset, "");
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("recovery", 4, "", &[]).await;
+    let (kafka, cfg, bq) = (&stack.kafka, &stack.cfg, &stack.bq);
 
     let mut sim = Simulator::new(9);
     let mut msgs = sim.full_load(100);
     msgs.extend(sim.changes(1_500));
     kafka.produce(&msgs).unwrap();
-    let read = support::read_all(&kafka);
+    let read = support::read_all(kafka);
 
     // The crash: the first 600 messages were decoded and written to the WAL
     // (flushed); the first 300 of those were also accepted by insertAll; no
@@ -37,7 +34,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
         let wal = Wal::open(&cfg.wal.path).unwrap();
         let mut batch = WalBatch::default();
         for m in &read[..600] {
-            let Plan::Rows(rows) = plan(&cfg, m, &metrics) else { panic!("simulated messages are rows") };
+            let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
                 let row = ShipRow { key: row.key, json: row.json };
                 batch.pending(&row.key, &pending_record(&table, &row));
@@ -58,7 +55,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
     }
 
     // Restart: recovery first, then consumption from offset 0.
-    let m = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
+    let m = run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
     assert_eq!(Metrics::get(&m.recovered), 600, "every pending record re-shipped");
     assert_eq!(Metrics::get(&m.consumed) as usize, msgs.len(), "consumption resumed from the committed offset (none)");
     assert_eq!(Metrics::get(&m.duplicates_absorbed), 600, "redelivered messages of recovered records are not shipped again");
@@ -66,13 +63,6 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
 
     // Same insertIds: the emulator dropped the re-sent copies, so each key is
     // in the log once (a new insertId would have stored a second row).
-    for t in &cfg.tables {
-        let dup = support::scalar(&bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM `{}.{}.{}`", bq.project, dataset, t.log_table)).await;
-        assert_eq!(dup, 0, "{}: a re-shipped row got a new insertId", t.log_table);
-    }
-    for r in merger(&bq, &cfg).merge_all(false).await {
-        r.unwrap();
-    }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
+    assert_eq!(stack.log_copies().await, 0, "a re-shipped row got a new insertId");
+    stack.merge_and_verify(&sim.model).await;
 }

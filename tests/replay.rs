@@ -8,11 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::{merger, run_until_caught_up, wait_caught_up, LocalKafka};
+use landfall::demo::{run_until_caught_up, wait_caught_up};
 use landfall::drill::proxy::FaultProxy;
 use landfall::log::Wal;
 use landfall::service::Service;
-use landfall::sim::{verify, Simulator};
+use landfall::sim::Simulator;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -20,22 +20,14 @@ use rdkafka::{Offset, TopicPartitionList};
 async fn replaying_the_whole_topic_changes_nothing() {
     let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
     proxy.set_strip_insert_ids(true);
-    let kafka = LocalKafka::start("dms.replay", 4).unwrap();
-    let wal = tempfile::tempdir().unwrap();
-    let dataset = support::unique_dataset("replay");
-    let cfg = support::config_with(&kafka, wal.path(), &dataset, "", &[(&support::endpoint(), &proxy.endpoint())]);
-    let bq = support::bigquery(&cfg).await;
+    let stack = support::Stack::start("replay", 4, "", &[(&support::endpoint(), &proxy.endpoint())]).await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
     let mut sim = Simulator::new(31);
     let mut msgs = sim.full_load(100);
     msgs.extend(sim.changes(2_000));
     kafka.produce(&msgs).unwrap();
-    run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await.unwrap();
-    let merger = merger(&bq, &cfg);
-    for r in merger.merge_all(false).await {
-        r.unwrap();
-    }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "before the replay:\n{}", verify::report(&verdicts));
+    run_until_caught_up(cfg, kafka, Duration::from_secs(300)).await.unwrap();
+    stack.merge_and_verify(&sim.model).await;
 
     // Retention has pruned every landed key; the group is reset to the start.
     let pruned = Wal::open(&cfg.wal.path).unwrap().prune(u64::MAX).unwrap();
@@ -61,25 +53,14 @@ async fn replaying_the_whole_topic_changes_nothing() {
     // Replay, merging (and checking) while it runs.
     let service = Service::start(cfg.clone()).await.unwrap();
     let mut checks = 0;
-    while wait_caught_up(&cfg, &kafka, &service, Duration::from_millis(1)).await.is_err() {
+    while wait_caught_up(cfg, kafka, &service, Duration::from_millis(1)).await.is_err() {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        for r in merger.merge_all(false).await {
-            r.unwrap();
-        }
-        let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-        assert!(verdicts.iter().all(|v| v.matches()), "during the replay:\n{}", verify::report(&verdicts));
+        stack.merge_and_verify(&sim.model).await;
         checks += 1;
         assert!(checks < 200, "replay did not finish");
     }
     service.stop().await.unwrap();
-    let mut copies = 0;
-    for t in &cfg.tables {
-        copies += support::scalar(&bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM `{}.{}.{}`", bq.project, dataset, t.log_table)).await;
-    }
+    let copies = stack.log_copies().await;
     assert!(copies as usize >= sim.produced, "the replay really landed a second copy of every change ({copies})");
-    for r in merger.merge_all(false).await {
-        r.unwrap();
-    }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.unwrap();
-    assert!(verdicts.iter().all(|v| v.matches()), "after the replay:\n{}", verify::report(&verdicts));
+    stack.merge_and_verify(&sim.model).await;
 }

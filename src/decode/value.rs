@@ -27,7 +27,7 @@ pub fn convert(ty: ColumnType, v: &Value) -> Result<Value, String> {
             Value::String(s) => s
                 .trim()
                 .parse::<i64>()
-                .map(|i| Value::from(i))
+                .map(Value::from)
                 .map_err(|_| format!("{} is not a 64-bit integer", short(s))),
             Value::Bool(b) => Ok(Value::from(*b as i64)),
             _ => Err("expected an integer".into()),

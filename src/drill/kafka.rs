@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 use tokio::io::AsyncWriteExt;
@@ -102,17 +102,7 @@ impl KafkaProcess {
 
     pub fn produce(&self, msgs: &[SimMessage]) -> anyhow::Result<()> {
         for m in msgs {
-            let mut record = BaseRecord::to(&self.topic).key(&m.key[..]).payload(&m.payload[..]);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                        self.producer.poll(Duration::from_millis(50));
-                        record = r;
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            crate::demo::send(&self.producer, &self.topic, Some(&m.key), Some(&m.payload))?;
         }
         self.producer.flush(Duration::from_secs(60))?;
         Ok(())

@@ -106,6 +106,15 @@ fn checksum(rows: &BTreeMap<String, String>) -> String {
     h.finalize().to_hex()[..16].to_owned()
 }
 
+/// The primary key of a row of canonical values (in `t.columns` order).
+fn key_of(t: &TableConfig, values: &[String]) -> String {
+    t.primary_key
+        .iter()
+        .filter_map(|k| t.columns.iter().position(|c| &c.name == k).map(|i| values[i].as_str()))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// Reads `t`'s final table and compares it with `model` (keyed by source name).
 pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Result<TableVerdict, String> {
     let target = Quoted::table_path(&bq.project, &bq.dataset, &t.final_table).map_err(|e| e.to_string())?;
@@ -126,13 +135,7 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
                 .enumerate()
                 .map(|(i, c)| cell(&row, i).map(|s| canon(c.ty, &s)).unwrap_or_else(|| NULL.into()))
                 .collect();
-            let key = t
-                .primary_key
-                .iter()
-                .map(|k| values[t.columns.iter().position(|c| &c.name == k).expect("pk is a column")].clone())
-                .collect::<Vec<_>>()
-                .join("|");
-            if actual.insert(key, values.join("\u{1f}")).is_some() {
+            if actual.insert(key_of(t, &values), values.join("\u{1f}")).is_some() {
                 duplicate_keys += 1;
             }
         }
@@ -149,13 +152,7 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     for row in model.get(&t.source).map(|m| m.values()).into_iter().flatten() {
         let values: Vec<String> = t.columns.iter().map(|c| canon_model(c.ty, row.get(&c.name))).collect();
-        let key = t
-            .primary_key
-            .iter()
-            .map(|k| values[t.columns.iter().position(|c| &c.name == k).expect("pk is a column")].clone())
-            .collect::<Vec<_>>()
-            .join("|");
-        expected.insert(key, values.join("\u{1f}"));
+        expected.insert(key_of(t, &values), values.join("\u{1f}"));
     }
     let mut differing: Vec<String> = Vec::new();
     let (mut missing_keys, mut extra_keys) = (0, 0);

@@ -2,9 +2,13 @@
 //!
 //! landfall owns the commit discipline: `enable.auto.commit` and
 //! `enable.auto.offset.store` are off, and offsets are committed explicitly
-//! from the [`super::tracker::Tracker`]'s commit points only. Rebalance
-//! events are queued for the pipeline, which drops revoked partitions'
-//! tracking state.
+//! from the [`super::tracker::Tracker`]'s commit points only.
+//!
+//! On a revoke, the rebalance callback waits (at most
+//! `pipeline.shutdown_timeout`) until the revoked partitions have nothing in
+//! flight, commits their commit points, and only then lets the partitions go,
+//! so the next owner starts where this one stopped. What is still in flight
+//! after the timeout is not committed: the next owner re-reads it.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +17,9 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, Stream
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use std::time::{Duration, Instant};
+
+use super::progress::{self, SharedProgress};
 use super::tracker::TopicPartition;
 use crate::config::KafkaConfig;
 
@@ -35,6 +42,8 @@ pub enum RebalanceEvent {
 #[derive(Default, Clone)]
 pub struct SourceContext {
     pub events: Arc<Mutex<Vec<RebalanceEvent>>>,
+    pub progress: SharedProgress,
+    pub revoke_timeout: Duration,
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -48,10 +57,37 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions(tpl);
-            tracing::info!(?parts, "partitions revoked");
+            // Land and commit what is in flight for these partitions first.
+            // Ship tasks resolve keys on other threads meanwhile.
+            let deadline = Instant::now() + self.revoke_timeout;
+            let (outstanding, points) = loop {
+                let (outstanding, points) = {
+                    let p = progress::lock(&self.progress);
+                    (p.tracker.outstanding_in(&parts), p.tracker.points_in(&parts))
+                };
+                if outstanding == 0 || Instant::now() >= deadline {
+                    break (outstanding, points);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if !points.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), o) in &points {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "commit on revoke failed; the next owner re-reads from the previous commit");
+                }
+            }
+            let mut p = progress::lock(&self.progress);
+            for tp in &parts {
+                p.tracker.revoke(tp);
+            }
+            drop(p);
+            tracing::info!(?parts, left_in_flight = outstanding, committed = ?points, "partitions revoked");
             self.events.lock().unwrap_or_else(|e| e.into_inner()).push(RebalanceEvent::Revoked(parts));
         }
     }
@@ -97,8 +133,8 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-pub fn subscribe(cfg: &KafkaConfig) -> Result<(Source, SourceContext), SourceError> {
-    let ctx = SourceContext::default();
+pub fn subscribe(cfg: &KafkaConfig, progress: SharedProgress, revoke_timeout: Duration) -> Result<(Source, SourceContext), SourceError> {
+    let ctx = SourceContext { events: Default::default(), progress, revoke_timeout };
     let consumer: Source = client_config(cfg).create_with_context(ctx.clone()).map_err(SourceError::Create)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer

@@ -1,4 +1,5 @@
 //! Source: the Kafka consumer and the per-partition commit tracker.
 
 pub mod kafka;
+pub mod progress;
 pub mod tracker;

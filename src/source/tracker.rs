@@ -99,6 +99,16 @@ impl Tracker {
         self.parts.values().map(|(_, s)| s.outstanding()).sum()
     }
 
+    /// Changes read but not complete in `parts`.
+    pub fn outstanding_in(&self, parts: &[TopicPartition]) -> usize {
+        parts.iter().filter_map(|tp| self.parts.get(tp)).map(|(_, s)| s.outstanding()).sum()
+    }
+
+    /// The commit points of `parts` (those that read anything).
+    pub fn points_in(&self, parts: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        parts.iter().filter_map(|tp| Some((tp.clone(), self.parts.get(tp)?.1.commit_point()?))).collect()
+    }
+
     /// The current commit point of every tracked partition.
     pub fn commit_points(&self) -> Vec<(TopicPartition, Option<i64>)> {
         let mut v: Vec<_> = self.parts.iter().map(|(tp, (_, s))| (tp.clone(), s.committed)).collect();

@@ -108,3 +108,63 @@ pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
     assert_eq!(out.len() as i64, total, "read back every message");
     out
 }
+
+/// A routed table that is not part of the simulator, for hand-made messages.
+pub const WIDGETS: &str = r#"
+[[tables]]
+source = "sales.widgets"
+log_table = "widgets_log"
+final_table = "widgets"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
+"#;
+
+/// Everything a test needs: a mock Kafka topic, a WAL directory, a fresh
+/// dataset with its tables, and the config tying them together.
+pub struct Stack {
+    pub kafka: LocalKafka,
+    pub wal: tempfile::TempDir,
+    pub dataset: String,
+    pub cfg: Arc<Config>,
+    pub bq: BigQuery,
+}
+
+impl Stack {
+    pub async fn start(name: &str, partitions: i32, extra: &str, replace: &[(&str, &str)]) -> Stack {
+        let kafka = LocalKafka::start(&format!("dms.{name}"), partitions).unwrap();
+        let wal = tempfile::tempdir().unwrap();
+        let dataset = unique_dataset(name);
+        let cfg = config_with(&kafka, wal.path(), &dataset, extra, replace);
+        let bq = bigquery(&cfg).await;
+        Stack { kafka, wal, dataset, cfg, bq }
+    }
+
+    /// `project.dataset.table`, backtick-quoted.
+    pub fn table(&self, name: &str) -> String {
+        format!("`{}.{}.{}`", self.bq.project, self.dataset, name)
+    }
+
+    /// Copies of changes in the log tables beyond the first (what the MERGE absorbs).
+    pub async fn log_copies(&self) -> i64 {
+        let mut copies = 0;
+        for t in &self.cfg.tables {
+            copies += scalar(&self.bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM {}", self.table(&t.log_table))).await;
+        }
+        copies
+    }
+
+    /// Merges every table and asserts that the final tables equal `model`.
+    pub async fn merge_and_verify(&self, model: &landfall::sim::Model) {
+        for r in landfall::demo::merger(&self.bq, &self.cfg).merge_all(false).await {
+            r.unwrap();
+        }
+        self.verify(model).await;
+    }
+
+    /// Asserts that the simulator's final tables equal `model`.
+    pub async fn verify(&self, model: &landfall::sim::Model) {
+        let tables: Vec<_> = self.cfg.tables.iter().filter(|t| model.contains_key(&t.source)).cloned().collect();
+        let verdicts = landfall::sim::verify::verify_all(&self.bq, &tables, model).await.unwrap();
+        assert!(verdicts.iter().all(|v| v.matches()), "final tables differ from the source:\n{}", landfall::sim::verify::report(&verdicts));
+    }
+}
