@@ -311,18 +311,12 @@ fn default_summary_interval() -> Duration {
 
 /// librdkafka properties landfall sets itself; configuring them would break
 /// the commit discipline.
-const OWNED_KAFKA_PROPERTIES: &[&str] = &[
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
-    "bootstrap.servers",
-];
+const OWNED_KAFKA_PROPERTIES: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"];
 
 impl Config {
     /// Reads, expands `${VAR}` and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
@@ -331,8 +325,8 @@ impl Config {
 
     /// Parses and validates config text (environment references expanded).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), message: e.to_string() })?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), message: e.to_string() })?;
         config.expand_env()?;
         config.validate()?;
         Ok(config)
@@ -343,8 +337,7 @@ impl Config {
             *value = expand_env_refs(value).map_err(|m| invalid(format!("kafka.properties.\"{name}\""), m))?;
         }
         if let Auth::ServiceAccountKey { key_file } = &mut self.bigquery.auth {
-            let expanded = expand_env_refs(&key_file.to_string_lossy())
-                .map_err(|m| invalid("bigquery.auth.key_file", m))?;
+            let expanded = expand_env_refs(&key_file.to_string_lossy()).map_err(|m| invalid("bigquery.auth.key_file", m))?;
             *key_file = PathBuf::from(expanded);
         }
         Ok(())
@@ -452,7 +445,10 @@ impl Config {
             for (field, name) in [("log_table", &t.log_table), ("final_table", &t.final_table), ("final_table", &tombstones)] {
                 ident::validate_table(name).map_err(|e| invalid(key(field), e.to_string()))?;
                 if !tables.insert(name.clone()) {
-                    return Err(invalid(key(field), format!("table `{name}` is used twice (landfall also uses `<final_table>__tombstones`)")));
+                    return Err(invalid(
+                        key(field),
+                        format!("table `{name}` is used twice (landfall also uses `<final_table>__tombstones`)"),
+                    ));
                 }
             }
             if t.columns.is_empty() {
@@ -479,9 +475,7 @@ impl Config {
 
     /// The route of a source table, if configured.
     pub fn route(&self, schema: &str, table: &str) -> Option<&TableConfig> {
-        self.tables.iter().find(|t| {
-            t.source.split_once('.').is_some_and(|(s, n)| s == schema && n == table)
-        })
+        self.tables.iter().find(|t| t.source.split_once('.').is_some_and(|(s, n)| s == schema && n == table))
     }
 }
 

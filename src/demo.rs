@@ -20,10 +20,10 @@ use rdkafka::ClientConfig;
 use crate::config::{Config, TableConfig};
 use crate::merge::Merger;
 use crate::metrics::Metrics;
-use crate::sink::BigQuery;
 use crate::pipeline::{committed_offsets, Stopped};
 use crate::service::Service;
 use crate::sim::{verify, SimMessage, Simulator};
+use crate::sink::BigQuery;
 
 /// A mock Kafka cluster in this process, with one topic.
 pub struct LocalKafka {
@@ -72,14 +72,17 @@ impl LocalKafka {
     /// The high watermark (next offset) of every partition.
     pub fn high_watermarks(&self) -> anyhow::Result<Vec<i64>> {
         let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.bootstrap_servers()).create()?;
-        (0..self.partitions)
-            .map(|p| Ok(c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?.1))
-            .collect()
+        (0..self.partitions).map(|p| Ok(c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?.1)).collect()
     }
 }
 
 /// Sends one message, waiting while the producer's queue is full.
-pub fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>) -> anyhow::Result<()> {
+pub fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> anyhow::Result<()> {
     let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
     if let Some(k) = key {
         record = record.key(k);

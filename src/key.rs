@@ -15,8 +15,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::decode::Change;
 use crate::decode::row::Coords;
+use crate::decode::Change;
 
 /// Domain separation: changing the derivation means changing this string.
 const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v1";

@@ -35,7 +35,7 @@ pub mod log;
 pub mod merge;
 pub mod metrics;
 pub mod pipeline;
+pub mod service;
 pub mod sim;
 pub mod sink;
-pub mod service;
 pub mod source;

@@ -122,8 +122,8 @@ enum Command {
 
 /// Logs go to stderr; `LANDFALL_LOG` takes an env-filter (e.g. `debug`).
 fn init_logging(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LANDFALL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if json {
@@ -255,9 +255,15 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 println!(
                     "changes: {} ({} messages with duplicates); duplicates absorbed by the WAL: {}, by the MERGE: {}",
-                    report.changes_produced, report.messages_produced, report.duplicates_absorbed_by_wal, report.duplicates_absorbed_by_merge
+                    report.changes_produced,
+                    report.messages_produced,
+                    report.duplicates_absorbed_by_wal,
+                    report.duplicates_absorbed_by_merge
                 );
-                println!("lost: {}, duplicate rows in final tables: {}, elapsed {:.0}s", report.lost, report.duplicate_rows_in_final, report.elapsed_seconds);
+                println!(
+                    "lost: {}, duplicate rows in final tables: {}, elapsed {:.0}s",
+                    report.lost, report.duplicate_rows_in_final, report.elapsed_seconds
+                );
                 println!("{} (seed {seed}; work files: {})", if report.verified { "VERIFIED" } else { "FAILED" }, report.work_dir);
             }
             Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })

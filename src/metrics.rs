@@ -66,13 +66,8 @@ impl Metrics {
     /// Logs one line with every counter.
     pub fn log_summary(&self) {
         let g = Self::get;
-        let committed: Vec<String> = self
-            .committed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|((t, p), o)| format!("{t}/{p}={o}"))
-            .collect();
+        let committed: Vec<String> =
+            self.committed.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|((t, p), o)| format!("{t}/{p}={o}")).collect();
         tracing::info!(
             consumed = g(&self.consumed),
             duplicates_absorbed = g(&self.duplicates_absorbed),

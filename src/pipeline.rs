@@ -294,8 +294,8 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Me
         let n = chunk.len();
         let mut rows = Vec::with_capacity(n);
         for (key, rec) in chunk {
-            let json: Map<String, Value> = serde_json::from_slice(&rec.row)
-                .map_err(|e| PipelineError::BadRecord { key: key.to_hex(), message: e.to_string() })?;
+            let json: Map<String, Value> =
+                serde_json::from_slice(&rec.row).map_err(|e| PipelineError::BadRecord { key: key.to_hex(), message: e.to_string() })?;
             rows.push((rec.table, ShipRow { key, json }));
         }
         tracing::info!(records = n, "re-shipping pending WAL records");
@@ -313,7 +313,6 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Me
 struct BatchDone {
     result: Result<Result<(), SinkError>, PipelineError>,
 }
-
 
 /// Runs the bridge until `shutdown` turns true (or a fatal error).
 /// `abort` is raised when draining times out; the sink given here must watch it.
@@ -497,10 +496,13 @@ fn commit_ready(consumer: &kafka::Source, progress: &SharedProgress, metrics: &M
 /// for, and writes new rows to the WAL (durably). Returns the rows to ship.
 async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedProgress, msgs: Vec<Msg>) -> Result<Groups, PipelineError> {
     // Decoding needs no lock.
-    let plans: Vec<(Msg, Plan)> = msgs.into_iter().map(|m| {
-        let p = plan(cfg, &m, metrics);
-        (m, p)
-    }).collect();
+    let plans: Vec<(Msg, Plan)> = msgs
+        .into_iter()
+        .map(|m| {
+            let p = plan(cfg, &m, metrics);
+            (m, p)
+        })
+        .collect();
     let mut wal_batch = WalBatch::default();
     let mut to_ship: Vec<(String, ShipRow)> = Vec::new();
     let mut absorbed = 0u64;

@@ -33,10 +33,8 @@ async fn poison_and_rejected_rows_are_dead_lettered_and_the_partition_keeps_flow
     let bq = landfall::sink::BigQuery::connect(&cfg.bigquery).await.unwrap();
     bq.ensure_dataset().await.unwrap();
     let route = cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap();
-    let fields: Vec<TableFieldSchema> = log_table_fields(route)
-        .into_iter()
-        .map(|f| if f.name == "label" { TableFieldSchema::integer("label") } else { f })
-        .collect();
+    let fields: Vec<TableFieldSchema> =
+        log_table_fields(route).into_iter().map(|f| if f.name == "label" { TableFieldSchema::integer("label") } else { f }).collect();
     bq.ensure_table(&route.log_table, fields, None, None).await.unwrap();
     let bq = support::bigquery(&cfg).await;
 
@@ -60,7 +58,10 @@ async fn poison_and_rejected_rows_are_dead_lettered_and_the_partition_keeps_flow
 
     let dl = support::rows(
         &bq,
-        &format!("SELECT `offset`, reason, payload_length FROM `{}.{}.{}` ORDER BY `offset`", bq.project, dataset, cfg.bigquery.dead_letter_table),
+        &format!(
+            "SELECT `offset`, reason, payload_length FROM `{}.{}.{}` ORDER BY `offset`",
+            bq.project, dataset, cfg.bigquery.dead_letter_table
+        ),
     )
     .await;
     assert_eq!(dl.len(), 3, "{dl:?}");

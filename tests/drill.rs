@@ -19,8 +19,17 @@ fn drill_with_kills_failpoints_and_takeover_verifies() {
     let line = stdout.lines().last().unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
     let r: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\nstderr:\n{stderr}"));
     for key in [
-        "seed", "rounds", "kills", "changes_produced", "duplicates_absorbed_by_wal", "duplicates_absorbed_by_merge", "lost",
-        "duplicate_rows_in_final", "tables_matching", "tables_total", "verified",
+        "seed",
+        "rounds",
+        "kills",
+        "changes_produced",
+        "duplicates_absorbed_by_wal",
+        "duplicates_absorbed_by_merge",
+        "lost",
+        "duplicate_rows_in_final",
+        "tables_matching",
+        "tables_total",
+        "verified",
     ] {
         assert!(r.get(key).is_some(), "report lacks {key}: {r}");
     }

@@ -41,13 +41,15 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
         let r = rows.remove(0);
         ShipRow { key: insert_id.unwrap_or(r.key), json: r.json }
     };
-    let final_rows = || async {
-        support::rows(bq, &format!("SELECT id, label FROM {} ORDER BY id", stack.table("widgets"))).await
-    };
+    let final_rows = || async { support::rows(bq, &format!("SELECT id, label FROM {} ORDER BY id", stack.table("widgets"))).await };
     let row = |id: &str, label: &str| vec![Some(id.to_owned()), Some(label.to_owned())];
 
     // 1. Two keys; the newer change of id 1 wins within one merge.
-    let batch = vec![ship(change("insert", 1, "v1", 10), None), ship(change("update", 1, "v2", 20), None), ship(change("insert", 2, "a", 11), None)];
+    let batch = vec![
+        ship(change("insert", 1, "v1", 10), None),
+        ship(change("update", 1, "v2", 20), None),
+        ship(change("insert", 2, "a", 11), None),
+    ];
     assert_eq!(sink.ship(&route.log_table, &batch).await.unwrap(), vec![RowOutcome::Landed; 3]);
     let first = merger.merge_table(&route, false).await.unwrap();
     assert_eq!(first.window.unwrap().from_micros, None, "first merge reads from the start");
@@ -65,7 +67,11 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     assert_eq!(final_rows().await, vec![row("1", "v2"), row("2", "a")]);
 
     // 3. A newer delete deletes; an older re-insert seen with it does not resurrect.
-    let more = vec![ship(change("delete", 2, "a", 30), None), ship(change("insert", 2, "zombie", 12), None), ship(change("update", 1, "v3", 40), None)];
+    let more = vec![
+        ship(change("delete", 2, "a", 30), None),
+        ship(change("insert", 2, "zombie", 12), None),
+        ship(change("update", 1, "v3", 40), None),
+    ];
     sink.ship(&route.log_table, &more).await.unwrap();
     let third = merger.merge_table(&route, false).await.unwrap();
     assert_eq!(third.affected_rows, 2);

@@ -19,16 +19,8 @@ use serde_json::{Map, Value};
 use super::{value, Change, Decoded, Op, Rejection};
 
 /// The DMS control operations (record-type `control`).
-pub const CONTROL_OPERATIONS: &[&str] = &[
-    "create-table",
-    "rename-table",
-    "drop-table",
-    "change-columns",
-    "add-column",
-    "drop-column",
-    "rename-column",
-    "column-type-change",
-];
+pub const CONTROL_OPERATIONS: &[&str] =
+    &["create-table", "rename-table", "drop-table", "change-columns", "add-column", "drop-column", "rename-column", "column-type-change"];
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -82,8 +74,8 @@ pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejec
             let schema = schema.ok_or(Rejection::BadMetadata { field: "schema-name", message: "missing".into() })?;
             let table = table.ok_or(Rejection::BadMetadata { field: "table-name", message: "missing".into() })?;
             let timestamp = required_str(&m.timestamp, "timestamp")?;
-            let timestamp_micros = value::parse_timestamp_micros(&timestamp)
-                .map_err(|message| Rejection::BadMetadata { field: "timestamp", message })?;
+            let timestamp_micros =
+                value::parse_timestamp_micros(&timestamp).map_err(|message| Rejection::BadMetadata { field: "timestamp", message })?;
             let commit_timestamp = optional_str(&m.commit_timestamp, "commit-timestamp")?;
             let stream_position = optional_str(&m.stream_position, "stream-position")?;
             let transaction_id = optional_scalar(&m.transaction_id, "transaction-id")?;
@@ -175,7 +167,9 @@ mod tests {
     #[test]
     fn control_records_are_recognised() {
         for op in CONTROL_OPERATIONS {
-            let text = format!(r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"}}}}"#);
+            let text = format!(
+                r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"}}}}"#
+            );
             assert!(matches!(decode(text.as_bytes(), "before-image").unwrap(), Decoded::Control { .. }), "{op}");
         }
     }

@@ -60,7 +60,11 @@ pub struct Change {
 pub enum Decoded {
     Row(Change),
     /// A DMS control record (create-table, add-column, ...): logged and acknowledged.
-    Control { operation: String, schema: Option<String>, table: Option<String> },
+    Control {
+        operation: String,
+        schema: Option<String>,
+        table: Option<String>,
+    },
 }
 
 /// Why a message cannot become a row. The text is recorded with the dead letter.

@@ -131,17 +131,13 @@ fn bookkeeping(row: &mut Map<String, Value>, key: DedupKey, op: Op, order: &str,
 fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map<String, Value>, Rejection> {
     let mut out = Map::new();
     for (name, v) in data {
-        let column = route
-            .columns
-            .iter()
-            .find(|c| &c.name == name)
-            .or_else(|| route.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)));
+        let column =
+            route.columns.iter().find(|c| &c.name == name).or_else(|| route.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)));
         let Some(column) = column else {
             ident::validate_column(name)?;
             return Err(Rejection::UnknownColumn { table: route.source.clone(), column: name.clone() });
         };
-        let converted = value::convert(column.ty, v)
-            .map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
+        let converted = value::convert(column.ty, v).map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
         if !converted.is_null() {
             out.insert(column.name.clone(), converted);
         }

@@ -24,11 +24,7 @@ pub fn convert(ty: ColumnType, v: &Value) -> Result<Value, String> {
         ColumnType::Int64 => match v {
             Value::Number(n) if n.is_i64() => Ok(v.clone()),
             Value::Number(_) => Err(format!("{v} is not a 64-bit integer")),
-            Value::String(s) => s
-                .trim()
-                .parse::<i64>()
-                .map(Value::from)
-                .map_err(|_| format!("{} is not a 64-bit integer", short(s))),
+            Value::String(s) => s.trim().parse::<i64>().map(Value::from).map_err(|_| format!("{} is not a 64-bit integer", short(s))),
             Value::Bool(b) => Ok(Value::from(*b as i64)),
             _ => Err("expected an integer".into()),
         },

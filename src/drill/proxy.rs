@@ -74,10 +74,9 @@ pub enum Fault {
 impl Fault {
     fn applies_to(&self, kind: &Kind) -> bool {
         let target = match self {
-            Fault::Status { target, .. }
-            | Fault::Delay { target, .. }
-            | Fault::Reset { target }
-            | Fault::ForwardThenReset { target } => target,
+            Fault::Status { target, .. } | Fault::Delay { target, .. } | Fault::Reset { target } | Fault::ForwardThenReset { target } => {
+                target
+            }
             Fault::InvalidRow { .. } | Fault::RowsBackendError => &Target::InsertAll,
         };
         match target {
@@ -228,9 +227,11 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let path = parts.uri.path();
     let query = post && path.ends_with("/queries");
     let merge = query
-        && json.as_ref().and_then(|v| v.get("query")).and_then(Value::as_str).is_some_and(|q| {
-            q.trim_start().get(..5).is_some_and(|head| head.eq_ignore_ascii_case("MERGE"))
-        });
+        && json
+            .as_ref()
+            .and_then(|v| v.get("query"))
+            .and_then(Value::as_str)
+            .is_some_and(|q| q.trim_start().get(..5).is_some_and(|head| head.eq_ignore_ascii_case("MERGE")));
     let kind = Kind { insert_all: post && path.ends_with("/insertAll"), query, merge };
     inner.requests.fetch_add(1, Relaxed);
     if kind.insert_all {
@@ -273,16 +274,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
             });
             task.await?
         }
-        Fault::InvalidRow { invalid_index } => Ok(insert_errors(rows.unwrap_or(0), |i| {
-            if i == invalid_index {
-                ("invalid", "injected invalid row")
-            } else {
-                ("stopped", "")
-            }
-        })),
-        Fault::RowsBackendError => {
-            Ok(insert_errors(rows.unwrap_or(0), |_| ("backendError", "injected backend error")))
+        Fault::InvalidRow { invalid_index } => {
+            Ok(insert_errors(rows.unwrap_or(0), |i| if i == invalid_index { ("invalid", "injected invalid row") } else { ("stopped", "") }))
         }
+        Fault::RowsBackendError => Ok(insert_errors(rows.unwrap_or(0), |_| ("backendError", "injected backend error"))),
     }
 }
 
@@ -337,8 +332,7 @@ fn copy_headers(from: &HeaderMap, extra: &[header::HeaderName]) -> HeaderMap {
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json; charset=UTF-8"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json; charset=UTF-8"));
     resp
 }
 
@@ -373,10 +367,7 @@ fn insert_errors(rows: usize, per_row: impl Fn(usize) -> (&'static str, &'static
             json!({"index": i, "errors": [{"reason": reason, "location": "", "debugInfo": "", "message": message}]})
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": errors}),
-    )
+    json_response(StatusCode::OK, &json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": errors}))
 }
 
 #[cfg(test)]

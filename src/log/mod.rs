@@ -160,9 +160,7 @@ impl Wal {
                 db.flush()?;
             }
             Some(v) if v.as_ref() == [LAYOUT_VERSION] => {}
-            Some(v) => {
-                return Err(WalError::Incompatible { path: path.display().to_string(), found: v.first().copied().unwrap_or(0) })
-            }
+            Some(v) => return Err(WalError::Incompatible { path: path.display().to_string(), found: v.first().copied().unwrap_or(0) }),
         }
         Ok(Wal {
             db,
@@ -181,12 +179,7 @@ impl Wal {
     /// A persistent counter, advanced in the same durable batches as the
     /// work it counts (so it survives kill -9 exactly).
     pub fn counter(&self, name: &str) -> Result<u64, WalError> {
-        Ok(self
-            .tree
-            .get(counter_key(name))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(self.tree.get(counter_key(name))?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
 
     pub fn state(&self, key: &DedupKey) -> Result<KeyState, WalError> {
@@ -279,8 +272,7 @@ impl Wal {
     pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter, WalError>> + '_ {
         self.tree.scan_prefix([b'd']).map(|item| {
             let (k, v) = item?;
-            record::decode::<DeadLetter>(&v)
-                .map_err(|source| WalError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source })
+            record::decode::<DeadLetter>(&v).map_err(|source| WalError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source })
         })
     }
 

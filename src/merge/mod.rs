@@ -134,11 +134,8 @@ impl Merger {
         )
         .map_err(ident)?;
         let state = Quoted::table_path(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table).map_err(ident)?;
-        let watermark = if full {
-            None
-        } else {
-            self.scalar_i64(name, &sql::read_watermark_statement(&state, name).map_err(ident)?).await?
-        };
+        let watermark =
+            if full { None } else { self.scalar_i64(name, &sql::read_watermark_statement(&state, name).map_err(ident)?).await? };
         let overlap = self.cfg.merge.overlap.as_micros() as i64;
         let from = watermark.map(|w| w.saturating_sub(overlap));
         let Some(to) = self.scalar_i64(name, &sql::max_ingested_statement(&target.log, from)).await? else {

@@ -78,13 +78,7 @@ pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
     let pk = t.primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
     let on = t.primary_key.iter().map(|c| format!("T.{c} = S.{c}")).collect::<Vec<_>>().join(" AND ");
     let tomb_on = t.primary_key.iter().map(|c| format!("TB.{c} = L.{c}")).collect::<Vec<_>>().join(" AND ");
-    let set = t
-        .columns
-        .iter()
-        .chain([&order, &key])
-        .map(|c| format!("{c} = S.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let set = t.columns.iter().chain([&order, &key]).map(|c| format!("{c} = S.{c}")).collect::<Vec<_>>().join(", ");
     let insert_cols = format!("{cols}, {order}, {key}");
     let insert_vals = t.columns.iter().chain([&order, &key]).map(|c| format!("S.{c}")).collect::<Vec<_>>().join(", ");
     let newer = format!("(T.{order} IS NULL OR S.{order} > T.{order})");
@@ -168,11 +162,7 @@ pub fn write_watermark_statement(state: &Quoted, final_table: &str, micros: i64)
 
 /// `CREATE TABLE IF NOT EXISTS` for a final table, keyed (NOT ENFORCED, as
 /// BigQuery allows) and clustered by its primary key.
-pub fn create_final_table_statement(
-    target: &Quoted,
-    columns: &[(Quoted, &'static str)],
-    primary_key: &[Quoted],
-) -> String {
+pub fn create_final_table_statement(target: &Quoted, columns: &[(Quoted, &'static str)], primary_key: &[Quoted]) -> String {
     let mut defs: Vec<String> = columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
     defs.push(format!("{} STRING", Quoted::internal(COL_ORDER)));
     defs.push(format!("{} STRING", Quoted::internal(COL_KEY)));
@@ -215,8 +205,14 @@ mod tests {
         ] {
             assert!(sql.contains(needle), "missing {needle:?} in\n{sql}");
         }
-        assert!(sql.contains("LEFT JOIN `landfall-local.cdc.orders__tombstones` AS TB ON TB.`tenant` = L.`tenant` AND TB.`id` = L.`id`"), "{sql}");
-        assert!(sql.contains("WHERE L.`_landfall_op` = 'D' OR TB.`_landfall_order` IS NULL OR L.`_landfall_order` > TB.`_landfall_order`"), "{sql}");
+        assert!(
+            sql.contains("LEFT JOIN `landfall-local.cdc.orders__tombstones` AS TB ON TB.`tenant` = L.`tenant` AND TB.`id` = L.`id`"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("WHERE L.`_landfall_op` = 'D' OR TB.`_landfall_order` IS NULL OR L.`_landfall_order` > TB.`_landfall_order`"),
+            "{sql}"
+        );
         let full = merge_statement(&target(), &Window { from_micros: None, to_micros: 5 });
         assert!(!full.contains(">="), "{full}");
     }

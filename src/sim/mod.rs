@@ -180,7 +180,10 @@ impl Simulator {
             let m = metadata.as_object_mut().expect("object");
             m.insert("transaction-id".into(), json!(self.position / 7));
             m.insert("commit-timestamp".into(), json!(timestamp));
-            m.insert("stream-position".into(), json!(format!("mysql-bin-changelog.000{}:{}:0", 10 + self.position / 100_000, self.position)));
+            m.insert(
+                "stream-position".into(),
+                json!(format!("mysql-bin-changelog.000{}:{}:0", 10 + self.position / 100_000, self.position)),
+            );
         }
         let payload = serde_json::to_vec(&json!({"data": data, "metadata": metadata})).expect("json");
         self.produced += 1;

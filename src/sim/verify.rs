@@ -47,10 +47,13 @@ fn canon_model(ty: ColumnType, v: Option<&Value>) -> String {
     match v.map(|v| value::convert(ty, v)) {
         None | Some(Ok(Value::Null)) => NULL.into(),
         Some(Err(e)) => format!("<invalid: {e}>"),
-        Some(Ok(v)) => canon(ty, &match v {
-            Value::String(s) => s,
-            other => other.to_string(),
-        }),
+        Some(Ok(v)) => canon(
+            ty,
+            &match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            },
+        ),
     }
 }
 
@@ -129,12 +132,8 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
     loop {
         for row in resp.rows.take().unwrap_or_default() {
             final_rows += 1;
-            let values: Vec<String> = t
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| cell(&row, i).map(|s| canon(c.ty, &s)).unwrap_or_else(|| NULL.into()))
-                .collect();
+            let values: Vec<String> =
+                t.columns.iter().enumerate().map(|(i, c)| cell(&row, i).map(|s| canon(c.ty, &s)).unwrap_or_else(|| NULL.into())).collect();
             if actual.insert(key_of(t, &values), values.join("\u{1f}")).is_some() {
                 duplicate_keys += 1;
             }
@@ -228,11 +227,17 @@ mod tests {
 
     #[test]
     fn canonical_forms_agree_across_sides() {
-        assert_eq!(canon_model(ColumnType::Timestamp, Some(&json!("2026-11-27 03:00:00.123"))), canon(ColumnType::Timestamp, "1795748400.123"));
+        assert_eq!(
+            canon_model(ColumnType::Timestamp, Some(&json!("2026-11-27 03:00:00.123"))),
+            canon(ColumnType::Timestamp, "1795748400.123")
+        );
         assert_eq!(canon_model(ColumnType::Numeric, Some(&json!("12.50"))), canon(ColumnType::Numeric, "12.5"));
         assert_eq!(canon_model(ColumnType::Numeric, Some(&json!("12.00"))), canon(ColumnType::Numeric, "12"));
         assert_eq!(canon_model(ColumnType::Float64, Some(&json!(2.25))), canon(ColumnType::Float64, "2.25"));
-        assert_eq!(canon_model(ColumnType::Json, Some(&json!({"b": 1, "a": [true]}))), canon(ColumnType::Json, "{\"a\": [true], \"b\": 1}"));
+        assert_eq!(
+            canon_model(ColumnType::Json, Some(&json!({"b": 1, "a": [true]}))),
+            canon(ColumnType::Json, "{\"a\": [true], \"b\": 1}")
+        );
         assert_eq!(canon_model(ColumnType::String, None), NULL);
         assert_eq!(timestamp_micros("1.7957484E9"), Some(1_795_748_400_000_000));
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::query_response::QueryResponse;
-use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::Client;
 
 use crate::config::{Auth, BigQueryConfig};
@@ -115,10 +115,7 @@ impl BigQuery {
                 if let Err(e) = std::fs::metadata(key_file) {
                     return Err(ClientError::KeyFile { path, message: e.to_string() });
                 }
-                builder
-                    .build_from_service_account_key_file(&path)
-                    .await
-                    .map_err(|e| ClientError::KeyFile { path, message: redact(&e) })?
+                builder.build_from_service_account_key_file(&path).await.map_err(|e| ClientError::KeyFile { path, message: redact(&e) })?
             }
             Auth::ApplicationDefault => {
                 builder.build_from_application_default_credentials().await.map_err(|e| ClientError::Adc(redact(&e)))?
@@ -167,10 +164,7 @@ pub fn redact(e: &dyn std::fmt::Display) -> String {
     if s.contains("-----BEGIN") || s.contains("private_key") {
         return "credential error (details withheld: they contain key material)".into();
     }
-    s.split_whitespace()
-        .map(|w| if w.starts_with("ya29.") || w.len() > 100 { "<redacted>" } else { w })
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.split_whitespace().map(|w| if w.starts_with("ya29.") || w.len() > 100 { "<redacted>" } else { w }).collect::<Vec<_>>().join(" ")
 }
 
 /// Reads a query result cell as a string (BigQuery returns every scalar as a string).

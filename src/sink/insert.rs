@@ -88,13 +88,7 @@ const ROW_OVERHEAD: usize = 100;
 
 impl BigQuerySink {
     pub fn new(bq: BigQuery, cfg: &BigQueryConfig, shutdown: watch::Receiver<bool>, metrics: SharedMetrics) -> Self {
-        BigQuerySink {
-            bq,
-            policy: ShipPolicy::from(cfg),
-            permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
-            shutdown,
-            metrics,
-        }
+        BigQuerySink { bq, policy: ShipPolicy::from(cfg), permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)), shutdown, metrics }
     }
 
     async fn backoff(&self, attempt: u32) -> Result<(), SinkError> {

@@ -23,8 +23,8 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 
 use super::client::{redact, BigQuery};
 use crate::config::{Config, TableConfig};
-use crate::decode::row::*;
 use crate::decode::ident::Quoted;
+use crate::decode::row::*;
 use crate::decode::ColumnType;
 use crate::merge::sql::{create_final_table_statement, tombstone_table_name};
 
@@ -98,12 +98,8 @@ pub fn final_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
 
 /// Primary key + the ordering value of the newest delete of that key.
 pub fn tombstone_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
-    let mut f: Vec<_> = t
-        .primary_key
-        .iter()
-        .filter_map(|k| t.columns.iter().find(|c| &c.name == k))
-        .map(|c| field(&c.name, c.ty))
-        .collect();
+    let mut f: Vec<_> =
+        t.primary_key.iter().filter_map(|k| t.columns.iter().find(|c| &c.name == k)).map(|c| field(&c.name, c.ty)).collect();
     f.push(field(COL_ORDER, ColumnType::String));
     f
 }
@@ -124,11 +120,7 @@ pub fn dead_letter_fields() -> Vec<TableFieldSchema> {
 }
 
 pub fn state_fields() -> Vec<TableFieldSchema> {
-    vec![
-        field("final_table", ColumnType::String),
-        field("watermark", ColumnType::Timestamp),
-        field("updated_at", ColumnType::Timestamp),
-    ]
+    vec![field("final_table", ColumnType::String), field("watermark", ColumnType::Timestamp), field("updated_at", ColumnType::Timestamp)]
 }
 
 impl BigQuery {
@@ -157,14 +149,9 @@ impl BigQuery {
         let what = || format!("table {}.{}", self.dataset, table);
         match self.client.table().get(&self.project, &self.dataset, table, None).await {
             Ok(existing) => {
-                let have: Vec<String> = existing
-                    .schema
-                    .fields
-                    .as_ref()
-                    .map(|f| f.iter().map(|f| f.name.to_ascii_lowercase()).collect())
-                    .unwrap_or_default();
-                let missing: Vec<TableFieldSchema> =
-                    fields.into_iter().filter(|f| !have.contains(&f.name.to_ascii_lowercase())).collect();
+                let have: Vec<String> =
+                    existing.schema.fields.as_ref().map(|f| f.iter().map(|f| f.name.to_ascii_lowercase()).collect()).unwrap_or_default();
+                let missing: Vec<TableFieldSchema> = fields.into_iter().filter(|f| !have.contains(&f.name.to_ascii_lowercase())).collect();
                 if missing.is_empty() {
                     return Ok(());
                 }
@@ -226,8 +213,13 @@ impl BigQuery {
             self.ensure_final_table(t).await?;
             self.ensure_table(&tombstone_table_name(&t.final_table), tombstone_fields(t), None, Some(t.primary_key.clone())).await?;
         }
-        self.ensure_table(&cfg.bigquery.dead_letter_table, dead_letter_fields(), Some(TimePartitioning::per_day().field(COL_INGESTED)), None)
-            .await?;
+        self.ensure_table(
+            &cfg.bigquery.dead_letter_table,
+            dead_letter_fields(),
+            Some(TimePartitioning::per_day().field(COL_INGESTED)),
+            None,
+        )
+        .await?;
         self.ensure_table(&cfg.bigquery.state_table, state_fields(), None, None).await?;
         Ok(())
     }

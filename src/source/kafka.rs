@@ -137,9 +137,7 @@ pub fn subscribe(cfg: &KafkaConfig, progress: SharedProgress, revoke_timeout: Du
     let ctx = SourceContext { events: Default::default(), progress, revoke_timeout };
     let consumer: Source = client_config(cfg).create_with_context(ctx.clone()).map_err(SourceError::Create)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| SourceError::Subscribe { topics: cfg.topics.clone(), source })?;
+    consumer.subscribe(&topics).map_err(|source| SourceError::Subscribe { topics: cfg.topics.clone(), source })?;
     Ok((consumer, ctx))
 }
 

@@ -22,9 +22,8 @@ pub fn init_logs() {
 
 pub fn endpoint() -> String {
     init_logs();
-    std::env::var("LANDFALL_BQ_ENDPOINT").expect(
-        "LANDFALL_BQ_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts the local BigQuery emulator",
-    )
+    std::env::var("LANDFALL_BQ_ENDPOINT")
+        .expect("LANDFALL_BQ_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts the local BigQuery emulator")
 }
 
 pub fn project() -> String {
@@ -65,16 +64,15 @@ pub async fn bigquery(cfg: &Config) -> BigQuery {
 pub async fn rows(bq: &BigQuery, sql: &str) -> Vec<Vec<Option<String>>> {
     let resp = bq.query(sql).await.unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
     let width = resp.schema.as_ref().and_then(|s| s.fields.as_ref()).map_or(0, Vec::len);
-    resp.rows
-        .unwrap_or_default()
-        .iter()
-        .map(|r| (0..width).map(|i| landfall::sink::client::cell(r, i)).collect())
-        .collect()
+    resp.rows.unwrap_or_default().iter().map(|r| (0..width).map(|i| landfall::sink::client::cell(r, i)).collect()).collect()
 }
 
 pub async fn scalar(bq: &BigQuery, sql: &str) -> i64 {
     let r = rows(bq, sql).await;
-    r.first().and_then(|row| row.first().cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no integer from {sql}: {r:?}"))
+    r.first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no integer from {sql}: {r:?}"))
 }
 
 /// Reads every message of the topic back (without a group), with its coordinates.
@@ -148,7 +146,8 @@ impl Stack {
     pub async fn log_copies(&self) -> i64 {
         let mut copies = 0;
         for t in &self.cfg.tables {
-            copies += scalar(&self.bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM {}", self.table(&t.log_table))).await;
+            copies +=
+                scalar(&self.bq, &format!("SELECT COUNT(*) - COUNT(DISTINCT `_landfall_key`) FROM {}", self.table(&t.log_table))).await;
         }
         copies
     }
