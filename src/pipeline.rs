@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::config::{Config, TableConfig};
+use crate::config::Config;
 use crate::decode::row::{self, Coords, COL_KEY};
 use crate::decode::{dms, Decoded, Rejection};
 use crate::key::DedupKey;
@@ -549,11 +549,6 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
     commit_durably(wal, wal_batch, metrics).await?;
     crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
     Ok(group(to_ship))
-}
-
-/// The routes of a config, for callers that need a table by source name.
-pub fn routes(cfg: &Config) -> HashMap<String, TableConfig> {
-    cfg.tables.iter().map(|t| (t.source.clone(), t.clone())).collect()
 }
 
 /// Consumer group lag helper for tests and the demo: the committed offset

@@ -276,10 +276,6 @@ impl Wal {
         })
     }
 
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 #[cfg(test)]
