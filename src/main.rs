@@ -55,8 +55,10 @@ enum Command {
     /// failpoint, take over with a second bridge, then verify (feature `drill`).
     #[cfg(feature = "drill")]
     Drill {
+        /// The BigQuery emulator to use; unset: the drill starts one itself
+        /// (with this checkout's scripts/bq-emulator.sh).
         #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
-        endpoint: String,
+        endpoint: Option<String>,
         #[arg(long, env = "LANDFALL_BQ_PROJECT", default_value = "landfall-local")]
         project: String,
         /// Replays a run exactly; random if unset (printed either way).
@@ -227,6 +229,11 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let seed = seed.unwrap_or_else(rand::random);
+            let emulator = match endpoint {
+                Some(_) => None,
+                None => Some(landfall::drill::emulator::Emulator::start().await?),
+            };
+            let endpoint = endpoint.or_else(|| emulator.as_ref().map(|e| e.endpoint.clone())).unwrap_or_default();
             if !json {
                 println!("landfall drill: seed {seed} (replay with --seed {seed}), {rounds} kill rounds");
             }
@@ -245,6 +252,7 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 exe: std::env::current_exe()?,
             })
             .await?;
+            drop(emulator);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

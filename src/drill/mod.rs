@@ -13,6 +13,7 @@
 //! [`proxy`] is the BigQuery fault proxy the fault-injection tests put in
 //! front of the emulator.
 
+pub mod emulator;
 pub mod kafka;
 pub mod proxy;
 
