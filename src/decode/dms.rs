@@ -48,7 +48,7 @@ struct Metadata {
 /// DMS puts the before image under (`BeforeImageSettings.FieldName`).
 pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejection> {
     let text = std::str::from_utf8(payload).map_err(|e| Rejection::NotUtf8(e.to_string()))?;
-    let root: Value = serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let root: Value = serde_json::from_str::<Strict>(text).map_err(|e| Rejection::NotJson(e.to_string()))?.0;
     if !root.is_object() {
         return Err(Rejection::NotEnvelope("top level is not a JSON object".into()));
     }
@@ -106,6 +106,69 @@ pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejec
             }))
         }
         other => Err(Rejection::UnknownRecordType(other.to_owned())),
+    }
+}
+
+/// A JSON value that rejects duplicate object keys: `{"id":1,"id":2}` is
+/// ambiguous (parsers disagree on which wins), so it is dead-lettered rather
+/// than guessed.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(key.clone(), v).is_some() {
+                let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
+                return Err(serde::de::Error::custom(format!("duplicate key \"{shown}\"")));
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -188,6 +251,8 @@ mod tests {
             (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"ddl","operation":"insert"}}"#.to_vec(), "record-type"),
             (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"data","operation":"insert","table-name":"t"}}"#.to_vec(), "schema-name"),
             ("[".repeat(10_000).into_bytes(), "not valid JSON"),
+            (msg("insert", r#"{"id":1,"id":2}"#), "duplicate key \"id\""),
+            (br#"{"data":{},"data":{},"metadata":{}}"#.to_vec(), "duplicate key"),
         ];
         for (bytes, expect) in cases {
             let err = decode(&bytes, "before-image").unwrap_err().to_string();
