@@ -11,6 +11,7 @@
 //! * [`key`]: the content-hash dedup key (blake3) of a change.
 //! * [`log`]: the sled write-ahead log: pending records, landed marks, dead letters.
 //! * [`sink`]: BigQuery: table creation and `tabledata.insertAll` shipping.
+//! * [`dlq`]: inspecting dead letters and re-driving them after a fix.
 //! * [`merge`]: the MERGE that folds a CDC log table into its final table.
 //! * [`service`]: the pipeline plus the merge timer, as `landfall run` runs them.
 //! * [`pipeline`]: the driver that ties the stages together and owns the
@@ -27,6 +28,7 @@
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod dlq;
 #[cfg(feature = "drill")]
 pub mod drill;
 pub mod failpoint;

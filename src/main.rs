@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use landfall::config::Config;
 use landfall::demo::{self, DemoOptions};
+use landfall::dlq;
 use landfall::merge::Merger;
 use landfall::metrics::Metrics;
 use landfall::service::Service;
@@ -21,6 +22,21 @@ struct Cli {
     log_json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// One line per dead letter: id, size, replayed or not, reason.
+    List,
+    /// Everything recorded of one dead letter, by id (`topic/partition@offset`).
+    Show { id: String },
+    /// Decode the recorded messages again with the current config and ship them.
+    Replay {
+        /// Ids to replay (`topic/partition@offset`); none with --all.
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,10 +62,12 @@ enum Command {
         #[arg(long)]
         table: Option<String>,
     },
-    /// Inspect the dead letters recorded in the WAL (the service must be stopped).
+    /// Inspect dead letters and re-drive them after a fix (the service must be stopped).
     Dlq {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
         config: PathBuf,
+        #[command(subcommand)]
+        action: DlqAction,
     },
     /// Crash-recovery drill: kill -9 the bridge at random moments and at every
     /// failpoint, take over with a second bridge, then verify (feature `drill`).
@@ -196,16 +214,53 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Dlq { config } => {
+        Command::Dlq { config, action } => {
             let cfg = Config::load(&config)?;
             let wal = landfall::log::Wal::open(&cfg.wal.path)?;
-            let mut n = 0;
-            for d in wal.dead_letters() {
-                let d = d?;
-                n += 1;
-                println!("{}/{}@{}\t{} bytes\t{}", d.topic, d.partition, d.offset, d.payload_len, d.reason);
+            match action {
+                DlqAction::List => {
+                    let mut n = 0;
+                    for d in wal.dead_letters() {
+                        let d = d?;
+                        n += 1;
+                        let state = if wal.replayed_at(&d)?.is_some() { "replayed" } else { "open" };
+                        println!("{}\t{} bytes\t{state}\t{}", dlq::id(&d), d.payload_len, d.reason);
+                    }
+                    println!("{n} dead letter(s)");
+                }
+                DlqAction::Show { id } => {
+                    let d = wal.dead_letters().find(|d| d.as_ref().is_ok_and(|d| dlq::id(d) == id)).transpose()?;
+                    let Some(d) = d else { anyhow::bail!("no dead letter {id} (see `landfall dlq list`)") };
+                    println!("id: {}\nreason: {}\nrecorded at (ms): {}", dlq::id(&d), d.reason, d.at_ms);
+                    println!("payload: {} bytes, blake3 {}", d.payload_len, blake3::Hash::from(d.payload_hash).to_hex());
+                    if let Some(at) = wal.replayed_at(&d)? {
+                        println!("replayed at (ms): {at}");
+                    }
+                    match std::str::from_utf8(&d.payload_prefix) {
+                        Ok(text) => println!("{text}"),
+                        Err(_) => println!("(not UTF-8; first bytes) {:02x?}", &d.payload_prefix[..d.payload_prefix.len().min(256)]),
+                    }
+                }
+                DlqAction::Replay { ids, all } => {
+                    anyhow::ensure!(all || !ids.is_empty(), "name dead letters to replay, or pass --all");
+                    let bq = BigQuery::connect(&cfg.bigquery).await?;
+                    bq.ensure_all(&cfg).await?;
+                    let metrics = Arc::new(Metrics::default());
+                    let (_abort, rx) = tokio::sync::watch::channel(false);
+                    let sink: Arc<dyn landfall::sink::Sink> =
+                        Arc::new(landfall::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
+                    let results = dlq::replay(&cfg, &wal, &sink, &metrics, |d| all || ids.contains(&dlq::id(d))).await?;
+                    let mut failing = 0;
+                    for (id, r) in &results {
+                        println!("{id}\t{r:?}");
+                        failing += usize::from(matches!(r, dlq::Replayed::StillFailing { .. }));
+                    }
+                    println!("{} replayed, {failing} still failing", results.len() - failing);
+                    if failing > 0 {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
             }
-            println!("{n} dead letter(s)");
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "drill")]

@@ -188,7 +188,7 @@ pub async fn commit_durably(wal: &Wal, batch: WalBatch, metrics: &Metrics) -> Re
 /// Rows grouped by destination table.
 pub type Groups = Vec<(String, Vec<ShipRow>)>;
 
-fn group(rows: impl IntoIterator<Item = (String, ShipRow)>) -> Groups {
+pub fn group(rows: impl IntoIterator<Item = (String, ShipRow)>) -> Groups {
     let mut map: HashMap<String, Vec<ShipRow>> = HashMap::new();
     for (table, row) in rows {
         map.entry(table).or_default().push(row);

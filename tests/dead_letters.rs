@@ -90,3 +90,53 @@ async fn poison_and_rejected_rows_are_dead_lettered_and_the_partition_keeps_flow
     let verdicts = verify::verify_all(&bq, &sim_tables, &sim.model).await.unwrap();
     assert!(verdicts.iter().all(|v| v.matches()), "{}", verify::report(&verdicts));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_after_the_config_is_fixed() {
+    let stack = support::Stack::start("dlqreplay", 1, support::WIDGETS, &[]).await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
+    let with_colour = |id: i64| {
+        format!(
+            r#"{{"data":{{"id":{id},"label":"w","colour":"red"}},"metadata":{{"timestamp":"2026-11-27T03:00:00.{id:06}Z","record-type":"data","operation":"insert","schema-name":"sales","table-name":"widgets"}}}}"#
+        )
+    };
+    let w = Some(&b"w"[..]);
+    kafka.produce_raw(w, Some(with_colour(1).as_bytes())).unwrap();
+    kafka.produce_raw(w, Some(b"still not json")).unwrap();
+    kafka.produce_raw(w, Some(&widget(2, "plain", 2))).unwrap();
+    kafka.flush().unwrap();
+    let m = run_until_caught_up(cfg, kafka, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(Metrics::get(&m.dead_lettered), 2);
+
+    // The operator adds the column to the config, then re-drives.
+    let fixed = support::config_with(
+        kafka,
+        stack.wal.path(),
+        &stack.dataset,
+        &support::WIDGETS.replace(
+            r#"{ name = "label", type = "STRING" } ]"#,
+            r#"{ name = "label", type = "STRING" }, { name = "colour", type = "STRING" } ]"#,
+        ),
+        &[],
+    );
+    let bq = support::bigquery(&fixed).await;
+    let wal = Wal::open(&fixed.wal.path).unwrap();
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let (_abort, rx) = tokio::sync::watch::channel(false);
+    let sink: std::sync::Arc<dyn landfall::sink::Sink> =
+        std::sync::Arc::new(landfall::sink::BigQuerySink::new(bq.clone(), &fixed.bigquery, rx, metrics.clone()));
+    let results = landfall::dlq::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].1, landfall::dlq::Replayed::Landed { rows: 1 }, "{results:?}");
+    assert!(matches!(&results[1].1, landfall::dlq::Replayed::StillFailing { reason } if reason.contains("not valid JSON")), "{results:?}");
+    // A second replay does not ship it again.
+    let again = landfall::dlq::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
+    assert_eq!(again[0].1, landfall::dlq::Replayed::AlreadyReplayed);
+    drop(wal);
+
+    for r in merger(&bq, &fixed).merge_all(false).await {
+        r.unwrap();
+    }
+    let widgets = support::rows(&bq, &format!("SELECT id, colour FROM {} ORDER BY id", stack.table("widgets"))).await;
+    assert_eq!(widgets, vec![vec![Some("1".into()), Some("red".into())], vec![Some("2".into()), None]]);
+}

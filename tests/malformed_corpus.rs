@@ -74,8 +74,7 @@ async fn every_malformed_message_is_dead_lettered_with_its_reason_and_nothing_st
     assert_eq!(Metrics::get(&m.control_records) as usize, CONTROL_OPERATIONS.len());
 
     // Where each bad message ended up in Kafka.
-    let offsets: HashMap<Vec<u8>, i64> =
-        support::read_all(kafka).into_iter().filter_map(|m| Some((m.payload?, m.offset))).collect();
+    let offsets: HashMap<Vec<u8>, i64> = support::read_all(kafka).into_iter().filter_map(|m| Some((m.payload?, m.offset))).collect();
     let rows = support::rows(bq, &format!("SELECT `offset`, reason FROM {}", stack.table(&cfg.bigquery.dead_letter_table))).await;
     let reasons: HashMap<i64, String> =
         rows.into_iter().map(|r| (r[0].as_deref().unwrap().parse().unwrap(), r[1].clone().unwrap())).collect();

@@ -24,6 +24,7 @@
 //! * `p` + dedup key -> empty: index of pending records
 //! * `l` + landed-at (ms, big-endian) + dedup key -> empty: prune index
 //! * `d` + topic + 0x00 + partition + offset -> [`DeadLetter`]
+//! * `r` + topic + 0x00 + partition + offset -> when that dead letter was re-driven
 //! * `meta:format` -> the WAL layout version
 //! * `meta:count:` + name -> a persistent counter (u64, big-endian)
 
@@ -83,8 +84,12 @@ fn landed_index_key(at_ms: u64, key: &DedupKey) -> [u8; 41] {
 }
 
 fn dead_letter_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    position_key(b'd', topic, partition, offset)
+}
+
+fn position_key(prefix: u8, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 14);
-    k.push(b'd');
+    k.push(prefix);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -131,6 +136,12 @@ impl WalBatch {
 
     pub fn dead_letter(&mut self, d: &DeadLetter) {
         self.batch.insert(dead_letter_key(&d.topic, d.partition, d.offset), record::encode(d));
+        self.len += 1;
+    }
+
+    /// Marks a dead letter as re-driven successfully (`landfall dlq replay`).
+    pub fn dead_letter_replayed(&mut self, d: &DeadLetter, at_ms: u64) {
+        self.batch.insert(position_key(b'r', &d.topic, d.partition, d.offset), &at_ms.to_be_bytes()[..]);
         self.len += 1;
     }
 
@@ -276,6 +287,15 @@ impl Wal {
         Ok(n)
     }
 
+    /// When a dead letter was re-driven successfully, if it was.
+    pub fn replayed_at(&self, d: &DeadLetter) -> Result<Option<u64>, WalError> {
+        Ok(self
+            .tree
+            .get(position_key(b'r', &d.topic, d.partition, d.offset))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
     /// Every dead letter recorded, in (topic, partition, offset) order.
     pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter, WalError>> + '_ {
         self.tree.scan_prefix([b'd']).map(|item| {
@@ -283,7 +303,6 @@ impl Wal {
             record::decode::<DeadLetter>(&v).map_err(|source| WalError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source })
         })
     }
-
 }
 
 #[cfg(test)]
