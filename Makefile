@@ -42,3 +42,24 @@ emulator-setup:
 
 clean-emulator:
 	rm -rf target/bq-emulator-venv target/bq-emulator-run.*
+
+# Fuzzing (cargo-fuzz, libFuzzer) on the stable toolchain: RUSTC_BOOTSTRAP=1
+# lets cargo-fuzz use the unstable flags it needs, `-s none` skips the
+# sanitizer (which needs a nightly std). Seeds are in fuzz/seeds/<target>/,
+# the growing corpus in fuzz/corpus/<target>/ (not checked in), crashes in
+# fuzz/artifacts/. FUZZ_SECONDS per target (default 300).
+FUZZ_TARGETS := dms_decode wal_record merge_sql
+FUZZ_SECONDS ?= 300
+
+.PHONY: fuzz fuzz-smoke fuzz-tool
+fuzz-tool:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=25
