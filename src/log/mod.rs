@@ -6,11 +6,15 @@
 //! and marked [`Record::Landed`] after BigQuery accepted it. Each
 //! [`Wal::commit`] applies one atomic sled batch and then calls
 //! `sled::Db::flush`, which returns only when the batch is on disk (sled 0.34
-//! is durable only after flush). These are the only two fsyncs on the write
-//! path, one per pipeline batch each:
+//! is durable only after flush). The flushes on the write path, per pipeline batch:
 //!
 //! 1. after the pending records of a batch are written (before insertAll);
-//! 2. after their landed marks are written (before the Kafka offset commit).
+//! 2. after their landed marks are written (before the Kafka offset commit);
+//!    when BigQuery rejected rows, this batch also holds the rejection marks,
+//!    the dead letters and their pending dead-letter-table rows, and
+//! 3. (only then) after the dead-letter rows' landed marks are written.
+//!
+//! Outside the write path: one flush per prune and one when a WAL is created.
 //!
 //! A crash before (1) loses nothing: the offsets were not committed, Kafka
 //! redelivers. A crash between (1) and (2) leaves pending records that the
