@@ -2,6 +2,7 @@
 # Both install what they need (the BigQuery emulator's virtual environment
 # under target/) and start the local emulator for their duration.
 
+SHELL := /bin/bash
 CARGO ?= cargo
 WITH_EMULATOR := scripts/with-emulator.sh
 
@@ -22,11 +23,13 @@ build:
 demo: build
 	$(WITH_EMULATOR) target/debug/landfall demo
 
-# Unit, property and end-to-end tests (the latter against the emulator).
+# Unit, property and end-to-end tests (the latter against the emulator),
+# then a short smoke run of each fuzz target.
 test:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 	$(CARGO) build $(FEATURES) --tests --bins
 	$(WITH_EMULATOR) $(CARGO) test $(FEATURES) --all-targets
+	$(MAKE) fuzz-smoke
 
 # Tests that need nothing running.
 unit:
@@ -47,18 +50,31 @@ clean-emulator:
 # lets cargo-fuzz use the unstable flags it needs, `-s none` skips the
 # sanitizer (which needs a nightly std). Seeds are in fuzz/seeds/<target>/,
 # the growing corpus in fuzz/corpus/<target>/ (not checked in), crashes in
-# fuzz/artifacts/. FUZZ_SECONDS per target (default 300).
+# fuzz/artifacts/. FUZZ_SECONDS per target (default 300). cargo-fuzz itself
+# is installed, pinned, under target/tools/ (nothing outside the clone).
 FUZZ_TARGETS := dms_decode wal_record merge_sql
 FUZZ_SECONDS ?= 300
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := target/tools/bin/cargo-fuzz
 
-.PHONY: fuzz fuzz-smoke fuzz-tool
-fuzz-tool:
-	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+.PHONY: fuzz fuzz-smoke fuzz-build
+$(CARGO_FUZZ):
+	$(CARGO) install --locked --root target/tools --version $(CARGO_FUZZ_VERSION) cargo-fuzz
 
-fuzz: fuzz-tool
+fuzz-build: $(CARGO_FUZZ)
+	RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz build -s none
+
+fuzz: fuzz-build
+	@mkdir -p target/fuzz-logs
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t; \
-	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	  log=target/fuzz-logs/$$t.log; \
+	  if RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz run -s none $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	       -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 >$$log 2>&1; then \
+	    echo "fuzz: $$t ok, $(FUZZ_SECONDS) s, $$(grep -o 'number_of_executed_units: *[0-9]*' $$log | grep -o '[0-9]*$$') runs (log: $$log)"; \
+	  else \
+	    tail -n 40 $$log >&2; echo "fuzz: $$t FAILED; the input is in fuzz/artifacts/$$t/, the log in $$log" >&2; exit 1; \
+	  fi; \
 	done
 
 fuzz-smoke:

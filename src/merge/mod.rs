@@ -23,6 +23,8 @@
 //! be mutated); its retention is partition expiration.
 
 pub mod sql;
+#[cfg(test)]
+mod sql_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;

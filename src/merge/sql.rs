@@ -252,4 +252,73 @@ mod tests {
         assert!(sql.contains("CLUSTER BY `tenant`, `id`"), "{sql}");
         assert!(sql.contains("`_landfall_order` STRING"), "{sql}");
     }
+
+    mod parsed {
+        use super::super::*;
+        use crate::merge::sql_check::check_merge;
+        use proptest::prelude::*;
+
+        /// Valid column names, including ones that are SQL keywords or the
+        /// builder's own aliases, so that only quoting keeps them apart.
+        fn column() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z_][A-Za-z0-9_]{0,12}",
+                prop::sample::select(vec!["SELECT", "T", "S", "L", "TB", "DELETE", "ORDER", "from", "Merge", "_", "Quality", "NULL"])
+                    .prop_map(String::from),
+            ]
+            .prop_filter("valid column", |c| crate::decode::ident::validate_column(c).is_ok())
+        }
+
+        /// The names a statement is built from: columns, then table paths.
+        fn names(columns: &[String], tables: &[&str]) -> Vec<String> {
+            columns.iter().cloned().chain(tables.iter().map(|t| format!("landfall-local.cdc.{t}"))).collect()
+        }
+
+        proptest! {
+            #[test]
+            fn merge_and_tombstone_statements_parse_as_one_merge(
+                log in "[A-Za-z0-9_-]{1,20}",
+                target in "[A-Za-z0-9_-]{1,20}",
+                columns in prop::collection::btree_set(column(), 1..8),
+                pk_len in 1usize..4,
+                from in proptest::option::of(any::<i64>()),
+                to in any::<i64>(),
+            ) {
+                let columns: Vec<String> = columns.into_iter().collect();
+                let pk: Vec<String> = columns.iter().take(pk_len).cloned().collect();
+                let t = MergeTarget::new("landfall-local", "cdc", &log, &target, &pk, &columns).unwrap();
+                let window = Window { from_micros: from, to_micros: to };
+                let tombstones = tombstone_table_name(&target);
+                let merge = merge_statement(&t, &window);
+                prop_assert_eq!(check_merge(&merge, &names(&columns, &[&log, &target, &tombstones])), Ok(()), "{}", merge);
+                let tomb = tombstone_statement(&t, &window);
+                prop_assert_eq!(check_merge(&tomb, &names(&pk, &[&log, &tombstones])), Ok(()), "{}", tomb);
+            }
+        }
+
+        #[test]
+        fn the_checker_rejects_what_it_should() {
+            let names = vec!["id".to_string()];
+            assert!(
+                check_merge("MERGE `id` AS T USING (SELECT 1) AS S ON TRUE WHEN MATCHED THEN DELETE", &names).is_err(),
+                "TRUE is not vocabulary"
+            );
+            assert!(check_merge("MERGE `id` AS T USING (SELECT `id`) AS S ON T.id = S.`id` WHEN MATCHED THEN DELETE", &names).is_err());
+            assert!(check_merge("MERGE `id` AS T USING (SELECT `x`) AS S ON T.`id` = S.`id` WHEN MATCHED THEN DELETE", &names).is_err());
+            assert!(check_merge(
+                "MERGE `id` AS T USING (SELECT `id`) AS S ON T.`id` = S.`id` WHEN MATCHED THEN DELETE; DELETE FROM `id` WHERE `id` = 'D'",
+                &names
+            )
+            .is_err());
+            assert!(check_merge("SELECT `id` FROM `id`", &names).is_err());
+            assert!(check_merge("MERGE `id` AS T USING (SELECT `id`) AS S ON T.`id` = 'x' WHEN MATCHED THEN DELETE", &names).is_err());
+            assert_eq!(
+                check_merge(
+                    "MERGE `id` AS T USING (SELECT `id`) AS S ON T.`id` = S.`id` WHEN MATCHED AND S.`_landfall_op` = 'D' THEN DELETE",
+                    &names
+                ),
+                Ok(())
+            );
+        }
+    }
 }

@@ -1,0 +1,98 @@
+//! Checks a statement from the builder in [`super::sql`] with a real SQL
+//! parser (`sqlparser`, BigQuery dialect): it must parse as exactly one
+//! `MERGE`, every word it contains that is not backtick-quoted must be the
+//! builder's own vocabulary (keywords, aliases, functions), every quoted word
+//! must be a name the caller passed in or one of landfall's own, and every
+//! string literal must be one the builder writes (`'D'`, `'U'`, a timestamp).
+//!
+//! So a name taken from a message can reach the SQL only quoted, and nothing
+//! in a name can end the statement or open a second one.
+//!
+//! Test-only code: compiled into the unit tests, and included by path into the
+//! `merge_sql` fuzz target (`fuzz/fuzz_targets/merge_sql.rs`).
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::BigQueryDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+/// Every unquoted word the MERGE and tombstone builders write.
+const VOCABULARY: &[&str] = &[
+    "MERGE",
+    "AS",
+    "T",
+    "S",
+    "L",
+    "TB",
+    "USING",
+    "SELECT",
+    "FROM",
+    "EXCEPT",
+    "WHERE",
+    "QUALIFY",
+    "ROW_NUMBER",
+    "OVER",
+    "PARTITION",
+    "BY",
+    "ORDER",
+    "DESC",
+    "TIMESTAMP",
+    "AND",
+    "OR",
+    "IS",
+    "NOT",
+    "NULL",
+    "LEFT",
+    "JOIN",
+    "ON",
+    "WHEN",
+    "MATCHED",
+    "THEN",
+    "DELETE",
+    "UPDATE",
+    "SET",
+    "INSERT",
+    "VALUES",
+    "_landfall_rn",
+];
+
+/// landfall's own quoted columns.
+const INTERNAL: &[&str] = &["_landfall_key", "_landfall_op", "_landfall_order", "_landfall_ingested"];
+
+/// `names`: every identifier the statement was built from (table paths as
+/// `project.dataset.table`, and columns). Each must appear, and only quoted.
+pub fn check_merge(sql: &str, names: &[String]) -> Result<(), String> {
+    let statements = Parser::parse_sql(&BigQueryDialect, sql).map_err(|e| format!("does not parse: {e}"))?;
+    match statements.as_slice() {
+        [Statement::Merge { .. }] => {}
+        [_] => return Err("parses, but not as a MERGE".into()),
+        many => return Err(format!("{} statements, not one", many.len())),
+    }
+    let tokens = Tokenizer::new(&BigQueryDialect, sql).tokenize().map_err(|e| format!("does not tokenize: {e}"))?;
+    let mut seen = Vec::new();
+    for token in &tokens {
+        match token {
+            Token::Word(w) => match w.quote_style {
+                None if VOCABULARY.contains(&w.value.as_str()) => {}
+                None => return Err(format!("unquoted word {:?} is not the builder's own", w.value)),
+                Some('`') if names.contains(&w.value) || INTERNAL.contains(&w.value.as_str()) => seen.push(w.value.as_str()),
+                Some('`') => return Err(format!("quoted name {:?} was not passed in", w.value)),
+                Some(q) => return Err(format!("name {:?} quoted with {q}", w.value)),
+            },
+            Token::SingleQuotedString(s) if s == "D" || s == "U" || is_timestamp(s) => {}
+            Token::SingleQuotedString(s) => return Err(format!("string literal {s:?} is not the builder's own")),
+            Token::SemiColon => return Err("contains `;`".into()),
+            _ => {}
+        }
+    }
+    match names.iter().find(|n| !seen.contains(&n.as_str())) {
+        Some(missing) => Err(format!("name {missing:?} does not appear quoted")),
+        None => Ok(()),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as `format_timestamp_micros` writes it
+/// (the year may be signed or longer for out-of-range microseconds).
+fn is_timestamp(s: &str) -> bool {
+    s.ends_with('Z') && s.bytes().all(|b| b.is_ascii_digit() || b"-+:.TZ".contains(&b)) && s.contains('T')
+}
