@@ -11,7 +11,7 @@ WITH_EMULATOR := scripts/with-emulator.sh
 FEATURES := --features drill
 ROUNDS ?= 100
 
-.PHONY: all build demo test unit drill emulator-setup clean-emulator
+.PHONY: all build demo test unit drill bench emulator-setup clean-emulator
 
 all: build
 
@@ -39,6 +39,15 @@ unit:
 drill:
 	$(CARGO) build $(FEATURES) --bins
 	$(WITH_EMULATOR) target/debug/landfall drill --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED))
+
+# The benchmark (docs/performance.md): release build, local broker and
+# emulator; prints the report and writes target/bench/results.json.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS=--quick.
+bench:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	$(CARGO) build --release --bins
+	@mkdir -p target/bench
+	$(WITH_EMULATOR) target/release/landfall bench --out target/bench/results.json $(BENCH_ARGS)
 
 emulator-setup:
 	scripts/bq-emulator.sh setup

@@ -39,6 +39,8 @@ pub struct Config {
     pub wal: WalConfig,
     pub bigquery: BigQueryConfig,
     #[serde(default)]
+    pub sink: SinkConfig,
+    #[serde(default)]
     pub tables: Vec<TableConfig>,
     #[serde(default)]
     pub merge: MergeConfig,
@@ -80,6 +82,9 @@ pub struct WalConfig {
     /// How often landed records older than `retention` are pruned.
     #[serde(default = "default_prune_interval", with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// Upper bound of sled's page cache, in bytes (the bulk of the bridge's memory).
+    #[serde(default = "default_wal_cache_bytes")]
+    pub cache_bytes: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -108,6 +113,10 @@ pub struct BigQueryConfig {
     /// Bytes per insertAll request; BigQuery's hard limit is 10 MB.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// gzip level of insertAll request bodies: 1 fastest .. 9 smallest
+    /// (0 keeps the gzip framing but does not compress).
+    #[serde(default = "default_gzip_level")]
+    pub gzip_level: u32,
     /// insertAll requests in flight at once, over all tables.
     #[serde(default = "default_max_inflight_requests")]
     pub max_inflight_requests: usize,
@@ -123,6 +132,26 @@ pub struct BigQueryConfig {
     /// merge interval plus overlap by a wide margin.
     #[serde(default = "default_log_expiration", with = "humantime_serde")]
     pub log_partition_expiration: Duration,
+}
+
+/// Where rows go once they are in the WAL.
+#[derive(Clone, Copy, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// `tabledata.insertAll` into the `[bigquery]` dataset (the service).
+    #[default]
+    Bigquery,
+    /// Accept and drop every row; BigQuery is never contacted and no merge
+    /// runs. For measuring the bridge itself (see `src/sink/discard.rs`):
+    /// offsets are committed as if the rows had landed.
+    Discard,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(default)]
+    pub kind: SinkKind,
 }
 
 /// How landfall authenticates to BigQuery.
@@ -248,6 +277,9 @@ fn default_wal_retention() -> Duration {
 fn default_prune_interval() -> Duration {
     Duration::from_secs(600)
 }
+fn default_wal_cache_bytes() -> u64 {
+    crate::log::DEFAULT_CACHE_BYTES
+}
 fn default_location() -> String {
     "US".into()
 }
@@ -262,6 +294,9 @@ fn default_max_rows() -> usize {
 }
 fn default_max_request_bytes() -> usize {
     9_000_000
+}
+fn default_gzip_level() -> u32 {
+    6
 }
 fn default_max_inflight_requests() -> usize {
     4
@@ -386,6 +421,9 @@ impl Config {
         }
         if bq.max_request_bytes < 1024 || bq.max_request_bytes > 10_000_000 {
             return Err(invalid("bigquery.max_request_bytes", "must be between 1 KiB and 10 MB (BigQuery's limit)"));
+        }
+        if bq.gzip_level > 9 {
+            return Err(invalid("bigquery.gzip_level", "must be between 0 (store only) and 9"));
         }
         if bq.max_inflight_requests == 0 {
             return Err(invalid("bigquery.max_inflight_requests", "must be at least 1"));
@@ -545,6 +583,7 @@ impl fmt::Debug for Config {
             .field("bigquery.dataset", &self.bigquery.dataset)
             .field("bigquery.endpoint", &self.bigquery.endpoint)
             .field("bigquery.auth", &self.bigquery.auth)
+            .field("sink", &self.sink.kind)
             .field("tables", &self.tables.iter().map(|t| &t.source).collect::<Vec<_>>())
             .finish()
     }
@@ -590,6 +629,16 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
         assert!(c.route("sales", "orders").is_none());
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "secret leaked into Debug: {debug}");
+    }
+
+    #[test]
+    fn sink_kind_defaults_to_bigquery_and_discard_is_selectable() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        assert_eq!(Config::from_toml(EXAMPLE).unwrap().sink.kind, SinkKind::Bigquery);
+        let discard = format!("{EXAMPLE}\n[sink]\nkind = \"discard\"\n");
+        assert_eq!(Config::from_toml(&discard).unwrap().sink.kind, SinkKind::Discard);
+        let err = Config::from_toml(&format!("{EXAMPLE}\n[sink]\nkind = \"blackhole\"\n")).unwrap_err().to_string();
+        assert!(err.contains("blackhole") && err.contains("discard"), "{err}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub async fn replay(
             continue;
         }
         let payload = if d.payload_len == 0 && d.reason.contains("tombstone") { None } else { Some(d.payload_prefix.clone()) };
-        let msg = Msg { topic: d.topic.clone(), partition: d.partition, offset: d.offset, payload };
+        let msg = Msg { topic: d.topic.clone(), partition: d.partition, offset: d.offset, payload, produced_ms: None };
         let result = match plan(cfg, &msg, metrics) {
             Plan::Dead(again) => Replayed::StillFailing { reason: again.reason },
             Plan::Ack => {

@@ -18,6 +18,8 @@
 //!   ordering of durability steps (WAL flush -> insertAll -> landed flush -> commit).
 //! * [`config`], [`metrics`]: the TOML configuration and the counters.
 //! * [`failpoint`]: kill points for crash drills (feature `drill`).
+//! * [`bench`]: `landfall bench`, the benchmark harness (docs/performance.md);
+//!   [`mock_kafka`] is the out-of-process mock broker it and the drills use.
 //! * [`sim`]: a simulated source database (DMS messages plus the model of the
 //!   expected final state) and the verification against BigQuery, used by
 //!   `landfall demo` and the tests.
@@ -25,6 +27,7 @@
 //! The exactly-once argument lives in `docs/design.md`; every module that
 //! guards one of its invariants says so in its own docs.
 
+pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -36,6 +39,7 @@ pub mod key;
 pub mod log;
 pub mod merge;
 pub mod metrics;
+pub mod mock_kafka;
 pub mod pipeline;
 pub mod service;
 pub mod sim;

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use landfall::bench;
 use landfall::config::Config;
 use landfall::demo::{self, DemoOptions};
 use landfall::dlq;
 use landfall::merge::Merger;
 use landfall::metrics::Metrics;
+use landfall::mock_kafka;
 use landfall::service::Service;
 use landfall::sink::BigQuery;
 
@@ -105,16 +107,61 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve a mock Kafka cluster for drills (internal).
-    #[cfg(feature = "drill")]
+    /// Serve a mock Kafka cluster for drills and benchmarks (internal).
     #[command(hide = true)]
     MockKafka {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
+        /// `name` or `name:partitions`; repeatable.
+        #[arg(long, required = true)]
+        topic: Vec<String>,
+        /// Partitions of a topic given without a count.
+        #[arg(long, default_value_t = 1)]
         partitions: i32,
+        /// The broker's group.initial.rebalance.delay.ms (default 3000).
+        #[arg(long)]
+        rebalance_delay_ms: Option<i32>,
         #[arg(long)]
         ready_file: PathBuf,
+    },
+    /// Measure throughput, latency, memory, recovery and MERGE cost on local
+    /// parts (docs/performance.md). `make bench` runs it against the emulator.
+    Bench {
+        /// BigQuery REST endpoint of the local emulator.
+        #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "LANDFALL_BQ_PROJECT", default_value = "landfall-local")]
+        project: String,
+        /// Backlog for the raw consumer and the discard sink (peak RSS is taken here).
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Messages through the bridge into the emulator (and sent raw).
+        #[arg(long, default_value_t = 30_000)]
+        bq_messages: u64,
+        #[arg(long, default_value_t = 100_000)]
+        recovery_pending: u64,
+        /// Steady produce rate of the latency phase (messages per second).
+        #[arg(long, default_value_t = 1_000)]
+        latency_rate: u64,
+        #[arg(long, default_value_t = 10)]
+        latency_seconds: u64,
+        /// Log rows of history for the 1x MERGE; 10x has ten times as many.
+        #[arg(long, default_value_t = 10_000)]
+        merge_history: u64,
+        #[arg(long, default_value_t = 2_000)]
+        merge_new: u64,
+        #[arg(long, default_value_t = 5)]
+        seed: u64,
+        /// Seconds-long phases with small volumes, to check the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Work files (configs, WALs, bridge logs); default target/bench.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// Print the results as one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON object to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run the whole pipeline on local parts and verify the result.
     Demo {
@@ -263,9 +310,10 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        #[cfg(feature = "drill")]
-        Command::MockKafka { topic, partitions, ready_file } => {
-            landfall::drill::kafka::serve(&topic, partitions, &ready_file)?;
+        Command::MockKafka { topic, partitions, rebalance_delay_ms, ready_file } => {
+            let topics =
+                topic.iter().map(|t| mock_kafka::parse_topic(t, partitions)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+            mock_kafka::serve(&mock_kafka::ServeOptions { topics, rebalance_delay_ms }, &ready_file)?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "drill")]
@@ -331,6 +379,52 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Bench {
+            endpoint,
+            project,
+            messages,
+            bq_messages,
+            recovery_pending,
+            latency_rate,
+            latency_seconds,
+            merge_history,
+            merge_new,
+            seed,
+            quick,
+            work_dir,
+            json,
+            out,
+        } => {
+            let mut opts = bench::BenchOptions {
+                endpoint,
+                project,
+                messages,
+                bq_messages,
+                recovery_pending,
+                latency_rate,
+                latency_seconds,
+                merge_history,
+                merge_new,
+                work_dir,
+                exe: std::env::current_exe()?,
+                seed,
+            };
+            if quick {
+                opts = opts.quick();
+            }
+            let report = bench::run(opts).await?;
+            let object = serde_json::to_string(&report)?;
+            if let Some(path) = out {
+                std::fs::write(&path, format!("{object}\n"))?;
+                eprintln!("bench: results written to {}", path.display());
+            }
+            if json {
+                println!("{object}");
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions } => {
             let ok = demo::run(DemoOptions { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions }).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -349,9 +443,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own report; its logs are only warnings unless asked.
     let quiet = match &cli.command {
-        Command::Demo { .. } => true,
+        Command::Demo { .. } | Command::Bench { .. } => true,
         #[cfg(feature = "drill")]
-        Command::Drill { .. } | Command::MockKafka { .. } => true,
+        Command::Drill { .. } => true,
+        Command::MockKafka { .. } => true,
         _ => false,
     };
     let default = if quiet { "warn" } else { "info,librdkafka=warn,rdkafka=warn" };

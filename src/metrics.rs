@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use hdrhistogram::Histogram;
+
 use crate::source::tracker::TopicPartition;
 
 #[derive(Default, Debug)]
@@ -27,6 +29,13 @@ pub struct Metrics {
     /// insertAll requests sent, and those retried.
     pub requests: AtomicU64,
     pub request_retries: AtomicU64,
+    /// insertAll body bytes: as plain JSON, and as sent (gzipped).
+    pub request_bytes_plain: AtomicU64,
+    pub request_bytes_sent: AtomicU64,
+    /// Milliseconds from a message's Kafka timestamp (produce time) to the
+    /// moment its changes are landed (durably marked) and its offset may be
+    /// committed.
+    pub latency: Latency,
     /// Rows re-shipped from the WAL at start.
     pub recovered: AtomicU64,
     /// WAL writes that failed with an I/O error (and were retried).
@@ -66,6 +75,7 @@ impl Metrics {
     /// Logs one line with every counter.
     pub fn log_summary(&self) {
         let g = Self::get;
+        let latency = self.latency.snapshot();
         let committed: Vec<String> =
             self.committed.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|((t, p), o)| format!("{t}/{p}={o}")).collect();
         tracing::info!(
@@ -83,9 +93,42 @@ impl Metrics {
             merged_rows = g(&self.merged_rows),
             merge_failures = g(&self.merge_failures),
             wal_errors = g(&self.wal_errors),
+            request_bytes_plain = g(&self.request_bytes_plain),
+            request_bytes_sent = g(&self.request_bytes_sent),
+            latency_samples = latency.len(),
+            latency_p50_ms = latency.value_at_quantile(0.50),
+            latency_p99_ms = latency.value_at_quantile(0.99),
+            latency_max_ms = latency.max(),
             committed = %committed.join(","),
             "summary"
         );
+    }
+}
+
+/// A histogram of latencies in milliseconds (1 ms to 1 day, 2 significant digits).
+#[derive(Debug)]
+pub struct Latency(Mutex<Histogram<u64>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Mutex::new(Histogram::new_with_bounds(1, 86_400_000, 2).expect("static histogram bounds are valid")))
+    }
+}
+
+impl Latency {
+    /// Records `now - t` for each produce time `t` (Unix milliseconds).
+    pub fn record_since(&self, produced_ms: &[i64], now_ms: i64) {
+        if produced_ms.is_empty() {
+            return;
+        }
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for &t in produced_ms {
+            h.saturating_record(now_ms.saturating_sub(t).max(1) as u64);
+        }
+    }
+
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Msg {
     pub partition: i32,
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
+    /// The Kafka timestamp (Unix ms), for the produce-to-landed latency.
+    pub produced_ms: Option<i64>,
 }
 
 /// What becomes of one message.
@@ -357,23 +359,42 @@ pub async fn run(
         if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
             let msgs = std::mem::take(&mut batch);
             deadline = None;
+            let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
-            let groups = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
-            commit_ready(&consumer, &progress, &metrics);
-            if !groups.is_empty() {
+            let Prepared { groups, wal_batch } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
+            if groups.is_empty() {
+                // Nothing to ship: only counters (and dead letters already
+                // resolved) to make durable before the messages complete.
+                commit_durably(&wal, wal_batch, &metrics).await?;
+                commit_ready(&consumer, &progress, &metrics);
+                metrics.latency.record_since(&produced, now_ms() as i64);
+            } else {
+                commit_ready(&consumer, &progress, &metrics);
                 batches_in_flight += 1;
                 let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
                 let (progress, consumer) = (progress.clone(), consumer.clone());
                 let dlq = cfg.bigquery.dead_letter_table.clone();
                 let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
                 let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
+                // The batch's own task makes its pending records durable, ships
+                // them and lands them, while the loop reads and prepares the next
+                // batch. Its messages are registered as waiting for its keys, so
+                // neither they nor a duplicate of one of its changes complete
+                // before all of that is done.
                 tokio::spawn(
                     async move {
-                        let result = ship_and_land(&wal, &sink, &dlq, groups, &metrics).await.map(|r| {
+                        let result = async {
+                            commit_durably(&wal, wal_batch, &metrics).await?;
+                            crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
+                            ship_and_land(&wal, &sink, &dlq, groups, &metrics).await
+                        }
+                        .await
+                        .map(|r| {
                             r.map(|keys| {
                                 // Step 5: complete the messages, commit.
                                 progress::lock(&progress).resolve(&keys);
                                 commit_ready(&consumer, &progress, &metrics);
+                                metrics.latency.record_since(&produced, now_ms() as i64);
                             })
                         });
                         let _ = tx.send(BatchDone { result }).await;
@@ -419,7 +440,13 @@ pub async fn run(
                         if batch.is_empty() {
                             deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
                         }
-                        batch.push(Msg { topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), payload: m.payload().map(<[u8]>::to_vec) });
+                        batch.push(Msg {
+                            topic: m.topic().to_owned(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                            produced_ms: m.timestamp().to_millis(),
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
@@ -492,9 +519,18 @@ fn commit_ready(consumer: &kafka::Source, progress: &SharedProgress, metrics: &M
     }
 }
 
+/// A prepared batch: the rows to ship, and the WAL batch that must be
+/// durable before they are shipped (their pending records, dead letters,
+/// counters).
+struct Prepared {
+    groups: Groups,
+    wal_batch: WalBatch,
+}
+
 /// Steps 1 and 2 for a batch: plans every message, registers what each waits
-/// for, and writes new rows to the WAL (durably). Returns the rows to ship.
-async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedProgress, msgs: Vec<Msg>) -> Result<Groups, PipelineError> {
+/// for, and builds the WAL batch of its new rows (which the caller commits,
+/// durably, before shipping them).
+async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedProgress, msgs: Vec<Msg>) -> Result<Prepared, PipelineError> {
     // Decoding needs no lock.
     let plans: Vec<(Msg, Plan)> = msgs
         .into_iter()
@@ -543,12 +579,9 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
     }
     Metrics::add(&metrics.duplicates_absorbed, absorbed);
     if absorbed > 0 {
-        let total = wal.counter(COUNTER_DUPLICATES_ABSORBED)? + absorbed;
-        wal_batch.set_counter(COUNTER_DUPLICATES_ABSORBED, total);
+        wal_batch.add_to_counter(COUNTER_DUPLICATES_ABSORBED, absorbed);
     }
-    commit_durably(wal, wal_batch, metrics).await?;
-    crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
-    Ok(group(to_ship))
+    Ok(Prepared { groups: group(to_ship), wal_batch })
 }
 
 /// Consumer group lag helper for tests and the demo: the committed offset

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::log::Wal;
 use crate::merge::Merger;
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pipeline::{self, PipelineError, Stopped};
-use crate::sink::{BigQuery, BigQuerySink, Sink};
+use crate::sink::{BigQuery, BigQuerySink, DiscardSink, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -27,30 +27,38 @@ pub enum StartError {
 
 pub struct Service {
     pub metrics: SharedMetrics,
-    pub bq: BigQuery,
-    pub merger: Arc<Merger>,
     /// The WAL the pipeline writes (shared handle), for inspection and fault injection.
     pub wal: Wal,
     shutdown: watch::Sender<bool>,
     pipeline: JoinHandle<Result<Stopped, PipelineError>>,
-    merge_task: JoinHandle<()>,
+    /// The periodic merge (none with the discard sink).
+    merge_task: Option<JoinHandle<()>>,
 }
 
 impl Service {
     /// Opens the WAL, connects to BigQuery, creates missing tables, and starts
-    /// the pipeline (which first re-ships pending WAL records) and the merge timer.
+    /// the pipeline (which first re-ships pending WAL records) and the merge
+    /// timer. With `[sink] kind = "discard"` BigQuery is not contacted.
     pub async fn start(cfg: Arc<Config>) -> Result<Service, StartError> {
-        let wal = Wal::open(&cfg.wal.path)?;
-        let bq = BigQuery::connect(&cfg.bigquery).await?;
-        bq.ensure_all(&cfg).await?;
+        let wal = Wal::open_with(&cfg.wal.path, cfg.wal.cache_bytes)?;
         let metrics: SharedMetrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
-        let sink: Arc<dyn Sink> = Arc::new(BigQuerySink::new(bq.clone(), &cfg.bigquery, abort_rx, metrics.clone()));
-        let merger = Arc::new(Merger::new(bq.clone(), cfg.clone(), metrics.clone(), shutdown_rx.clone()));
-        let merge_task = tokio::spawn(merger.clone().run_periodic());
+        let (sink, merge_task): (Arc<dyn Sink>, _) = match cfg.sink.kind {
+            SinkKind::Bigquery => {
+                let bq = BigQuery::connect(&cfg.bigquery).await?;
+                bq.ensure_all(&cfg).await?;
+                let merger = Arc::new(Merger::new(bq.clone(), cfg.clone(), metrics.clone(), shutdown_rx.clone()));
+                let sink = Arc::new(BigQuerySink::new(bq, &cfg.bigquery, abort_rx, metrics.clone()));
+                (sink, Some(tokio::spawn(merger.run_periodic())))
+            }
+            SinkKind::Discard => {
+                tracing::warn!("sink kind \"discard\": rows are dropped and their offsets committed; BigQuery is not contacted");
+                (Arc::new(DiscardSink::new(metrics.clone())), None)
+            }
+        };
         let pipeline = tokio::spawn(pipeline::run(cfg, wal.clone(), sink, metrics.clone(), shutdown_rx, abort));
-        Ok(Service { metrics, bq, merger, wal, shutdown, pipeline, merge_task })
+        Ok(Service { metrics, wal, shutdown, pipeline, merge_task })
     }
 
     /// True once the pipeline has stopped (e.g. on a fatal error).
@@ -65,7 +73,9 @@ impl Service {
             Ok(r) => r,
             Err(e) => Err(PipelineError::Task(e.to_string())),
         };
-        let _ = self.merge_task.await;
+        if let Some(merge) = self.merge_task {
+            let _ = merge.await;
+        }
         result
     }
 }

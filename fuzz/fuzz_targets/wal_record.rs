@@ -3,7 +3,7 @@
 #![no_main]
 
 use landfall::log::record::decode;
-use landfall::log::{DeadLetter, Record};
+use landfall::log::{DeadLetter, PendingBatch, Record};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,4 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode::<Record>(&landfall::log::record::encode(&r)).as_ref(), Ok(&r));
     }
     let _ = decode::<DeadLetter>(data);
+    if let Ok(b) = decode::<PendingBatch>(data) {
+        assert_eq!(decode::<PendingBatch>(&landfall::log::record::encode(&b)).as_ref(), Ok(&b));
+    }
 });

@@ -14,7 +14,6 @@
 //! front of the emulator.
 
 pub mod emulator;
-pub mod kafka;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +32,7 @@ use crate::failpoint;
 use crate::log::Wal;
 use crate::merge::Merger;
 use crate::metrics::Metrics;
+use crate::mock_kafka as kafka;
 use crate::pipeline::{committed_offsets, COUNTER_DUPLICATES_ABSORBED};
 use crate::sim::{verify, SimMessage, Simulator};
 use crate::sink::client::cell;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the record encoding. Bump it (and keep a decoder for the old
 /// one) whenever a record type below changes shape.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// No record is larger than this (a row is at most 10 MB in BigQuery).
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
@@ -23,16 +23,27 @@ pub enum FormatError {
     Malformed(String),
 }
 
-/// The state of one change in the WAL, keyed by its dedup key.
+/// How a change was resolved, keyed by its dedup key (a pending change has
+/// no record of its own: its row is in a [`PendingBatch`]).
+///
+/// `seq` orders the mark against batch records (both are numbered by the
+/// same monotonic counter): a row in a batch record numbered above the mark
+/// was pended again after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    /// Written before shipping; to be (re-)shipped until BigQuery accepts it.
-    Pending(PendingRecord),
-    /// BigQuery accepted it. The payload is dropped; the key stays for
-    /// deduplication until retention prunes it.
-    Landed { at_ms: u64 },
+    /// BigQuery accepted it. The key stays for deduplication until
+    /// retention prunes it.
+    Landed { at_ms: u64, seq: u64 },
     /// BigQuery rejected it permanently; it was dead-lettered instead.
-    Rejected { at_ms: u64 },
+    Rejected { at_ms: u64, seq: u64 },
+}
+
+impl Record {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Landed { seq, .. } | Record::Rejected { seq, .. } => *seq,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +53,14 @@ pub struct PendingRecord {
     /// The row as JSON, without `_landfall_ingested`.
     pub row: Vec<u8>,
     pub written_at_ms: u64,
+}
+
+/// The rows of pending records written by one commit: one record per
+/// commit (or per few MB of rows) instead of one per row, so a change costs
+/// the WAL one small write when it is pended and one when it lands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingBatch {
+    pub entries: Vec<([u8; 32], PendingRecord)>,
 }
 
 /// A message that could not become a row, as recorded in the WAL.
@@ -91,8 +110,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let r = Record::Pending(PendingRecord { table: "t".into(), row: b"{}".to_vec(), written_at_ms: 5 });
+        let r = Record::Rejected { at_ms: 4, seq: 9 };
         assert_eq!(decode::<Record>(&encode(&r)).unwrap(), r);
+        let b = PendingBatch { entries: vec![([3; 32], PendingRecord { table: "t".into(), row: b"{}".to_vec(), written_at_ms: 5 })] };
+        assert_eq!(decode::<PendingBatch>(&encode(&b)).unwrap(), b);
         let d = DeadLetter {
             topic: "x".into(),
             partition: 1,
@@ -112,10 +133,14 @@ mod tests {
         assert_eq!(decode::<Record>(&[9, 0]), Err(FormatError::UnsupportedVersion { found: 9 }));
         assert!(matches!(decode::<Record>(&[FORMAT_VERSION, 0xff, 0xff]), Err(FormatError::Malformed(_))));
         // A length prefix claiming 2^60 bytes must not allocate.
-        let mut huge = vec![FORMAT_VERSION, 0];
+        let mut huge = vec![FORMAT_VERSION];
         huge.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
-        assert!(decode::<Record>(&huge).is_err());
-        let mut trailing = encode(&Record::Landed { at_ms: 1 });
+        assert!(decode::<PendingBatch>(&huge).is_err());
+        let mut huge_row = vec![FORMAT_VERSION, 1, 0];
+        huge_row.extend_from_slice(&[3; 32]);
+        huge_row.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert!(decode::<PendingBatch>(&huge_row).is_err());
+        let mut trailing = encode(&Record::Landed { at_ms: 1, seq: 2 });
         trailing.push(0);
         assert!(decode::<Record>(&trailing).is_err());
     }

@@ -9,7 +9,8 @@
 //! case nothing is reported and the caller acknowledges nothing.
 //!
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
-//! bytes; the insertId of every row is its dedup key. A request BigQuery
+//! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
+//! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows. A request BigQuery
 //! refuses as a whole (HTTP 400) is split in halves until the bad row is
 //! alone, so one bad row never blocks the others.
 
@@ -17,9 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
-use gcp_bigquery_client::model::table_data_insert_all_request_rows::TableDataInsertAllRequestRows;
+use std::io::Write;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequestGzipped;
 use rand::Rng;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
 
@@ -60,6 +66,7 @@ pub trait Sink: Send + Sync + 'static {
 pub struct ShipPolicy {
     pub max_rows: usize,
     pub max_bytes: usize,
+    pub gzip_level: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
 }
@@ -69,6 +76,7 @@ impl From<&BigQueryConfig> for ShipPolicy {
         ShipPolicy {
             max_rows: c.max_rows_per_request,
             max_bytes: c.max_request_bytes,
+            gzip_level: c.gzip_level,
             initial_delay: c.retry_initial_delay,
             max_delay: c.retry_max_delay,
         }
@@ -110,23 +118,21 @@ impl BigQuerySink {
         let mut attempt = 0u32;
         while !todo.is_empty() {
             let now = format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
-            let mut req = TableDataInsertAllRequest::new();
-            let batch: Vec<TableDataInsertAllRequestRows> = todo
-                .iter()
-                .map(|&i| {
-                    let mut json = rows[i].json.clone();
-                    json.insert(COL_INGESTED.into(), Value::String(now.clone()));
-                    TableDataInsertAllRequestRows { insert_id: Some(rows[i].key.to_hex()), json: Value::Object(json) }
-                })
-                .collect();
-            let _ = req.add_rows(batch);
+            let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
+                // Writing into memory cannot fail; treat it as shutdown rather than guess.
+                tracing::error!(error = %e, "could not build an insertAll body");
+                SinkError::Shutdown
+            })?;
             let result = {
                 let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
                 Metrics::add(&self.metrics.requests, 1);
+                Metrics::add(&self.metrics.request_bytes_plain, body.plain_len as u64);
+                Metrics::add(&self.metrics.request_bytes_sent, body.gzipped.len() as u64);
                 if attempt > 0 {
                     Metrics::add(&self.metrics.request_retries, 1);
                 }
-                self.bq.client.tabledata().insert_all(&self.bq.project, &self.bq.dataset, table, req).await
+                let req = TableDataInsertAllRequestGzipped::new(body.gzipped);
+                self.bq.client.tabledata().insert_all_gzipped(&self.bq.project, &self.bq.dataset, table, req).await
             };
             match result {
                 Ok(resp) => {
@@ -194,6 +200,96 @@ impl BigQuerySink {
             }
         }
         Ok(())
+    }
+}
+
+/// A gzipped insertAll request body and the length of its plain JSON.
+pub struct Body {
+    pub gzipped: Vec<u8>,
+    pub plain_len: usize,
+}
+
+/// Serializes the insertAll request for `rows[indices]` straight into a gzip
+/// stream: no row is copied, `_landfall_ingested` is added on the way, and
+/// the insertId of each row is its dedup key.
+pub fn gzip_body(rows: &[ShipRow], indices: &[usize], ingested: &str, level: u32) -> std::io::Result<Body> {
+    let mut out = Counting { inner: GzEncoder::new(Vec::new(), Compression::new(level)), written: 0 };
+    serde_json::to_writer(&mut out, &Request { rows, indices, ingested })?;
+    Ok(Body { plain_len: out.written, gzipped: out.inner.finish()? })
+}
+
+/// `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[{"insertId":..,"json":{..}}]}`
+struct Request<'a> {
+    rows: &'a [ShipRow],
+    indices: &'a [usize],
+    ingested: &'a str,
+}
+
+impl Serialize for Request<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("skipInvalidRows", &false)?;
+        m.serialize_entry("ignoreUnknownValues", &false)?;
+        m.serialize_entry("rows", &Rows(self))?;
+        m.end()
+    }
+}
+
+struct Rows<'a, 'b>(&'b Request<'a>);
+
+impl Serialize for Rows<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut seq = s.serialize_seq(Some(r.indices.len()))?;
+        for &i in r.indices {
+            seq.serialize_element(&Row { row: &r.rows[i], ingested: r.ingested })?;
+        }
+        seq.end()
+    }
+}
+
+struct Row<'a> {
+    row: &'a ShipRow,
+    ingested: &'a str,
+}
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("insertId", &self.row.key.to_hex())?;
+        m.serialize_entry("json", &Json(self))?;
+        m.end()
+    }
+}
+
+struct Json<'a, 'b>(&'b Row<'a>);
+
+impl Serialize for Json<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let json = &self.0.row.json;
+        let mut m = s.serialize_map(Some(json.len() + 1))?;
+        for (k, v) in json.iter().filter(|(k, _)| k.as_str() != COL_INGESTED) {
+            m.serialize_entry(k, v)?;
+        }
+        m.serialize_entry(COL_INGESTED, self.0.ingested)?;
+        m.end()
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    written: usize,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

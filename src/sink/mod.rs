@@ -1,9 +1,13 @@
 //! Sink: BigQuery. Table creation ([`schema`]), the client and its error
 //! classification ([`client`]), and shipping rows with insertAll ([`insert`]).
+//! [`discard`] drops rows instead (`[sink] kind = "discard"`), to measure the
+//! bridge without an endpoint.
 
 pub mod client;
+pub mod discard;
 pub mod insert;
 pub mod schema;
 
 pub use client::BigQuery;
+pub use discard::DiscardSink;
 pub use insert::{BigQuerySink, RowOutcome, ShipRow, Sink, SinkError};

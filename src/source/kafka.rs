@@ -126,7 +126,12 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to 64 MB by default; the bridge keeps only
+        // `pipeline.max_inflight_batches` batches in flight anyway, so a
+        // smaller read-ahead bounds memory at no cost in throughput.
+        // `kafka.properties` may override it.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }

@@ -100,6 +100,7 @@ pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
                 partition: m.partition(),
                 offset: m.offset(),
                 payload: m.payload().map(<[u8]>::to_vec),
+                produced_ms: m.timestamp().to_millis(),
             });
         }
     }

@@ -1,9 +1,12 @@
 //! A mock Kafka cluster in its own process, so a bridge can be killed without
-//! taking the broker (and its committed offsets) with it.
+//! taking the broker (and its committed offsets) with it, and so the memory
+//! the broker holds is not counted against the bridge (the drills and the
+//! benchmark use it).
 //!
-//! `landfall mock-kafka --topic T --partitions N --ready-file F` starts
-//! librdkafka's mock cluster, creates the topic, writes its bootstrap address
-//! to `F`, and takes fault commands on stdin, one per line:
+//! `landfall mock-kafka --topic T[:N] ... --partitions N --ready-file F`
+//! starts librdkafka's mock cluster, creates the topics (`N` partitions each,
+//! `--partitions` where a topic gives none), writes its bootstrap address to
+//! `F`, and takes fault commands on stdin, one per line:
 //!
 //! * `broker-down` / `broker-up`: take the (single) broker down and up;
 //! * `commit-errors N`: fail the next N OffsetCommit requests;
@@ -16,8 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 use tokio::io::AsyncWriteExt;
@@ -25,10 +27,39 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::sim::SimMessage;
 
+/// `--rebalance-delay-ms D` sets the broker's `group.initial.rebalance.delay.ms`
+/// (the mock's default is 3 s, as Apache Kafka's).
+pub struct ServeOptions {
+    pub topics: Vec<(String, i32)>,
+    pub rebalance_delay_ms: Option<i32>,
+}
+
+/// `name` or `name:partitions`.
+pub fn parse_topic(arg: &str, default_partitions: i32) -> Result<(String, i32), String> {
+    match arg.rsplit_once(':') {
+        Some((name, n)) => Ok((name.to_owned(), n.parse().map_err(|_| format!("bad partition count in {arg:?}"))?)),
+        None => Ok((arg.to_owned(), default_partitions)),
+    }
+}
+
 /// The child side: serve a mock cluster until stdin closes.
-pub fn serve(topic: &str, partitions: i32, ready_file: &Path) -> anyhow::Result<()> {
-    let cluster = MockCluster::new(1)?;
-    cluster.create_topic(topic, partitions, 1)?;
+pub fn serve(opts: &ServeOptions, ready_file: &Path) -> anyhow::Result<()> {
+    // A producer handle that owns the mock cluster, so that its raw handle is
+    // reachable for the one setting the safe API lacks.
+    let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create()?;
+    let cluster = owner.client().mock_cluster().ok_or_else(|| anyhow::anyhow!("librdkafka did not create a mock cluster"))?;
+    if let Some(ms) = opts.rebalance_delay_ms {
+        // SAFETY: the handle belongs to `owner`, which outlives this call; the
+        // function only stores the value in the cluster's defaults.
+        unsafe {
+            let mcluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+            anyhow::ensure!(!mcluster.is_null(), "no mock cluster handle");
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mcluster, ms);
+        }
+    }
+    for (topic, partitions) in &opts.topics {
+        cluster.create_topic(topic, *partitions, 1)?;
+    }
     let tmp = ready_file.with_extension("tmp");
     std::fs::write(&tmp, cluster.bootstrap_servers())?;
     std::fs::rename(&tmp, ready_file)?;
@@ -63,12 +94,34 @@ pub struct KafkaProcess {
 }
 
 impl KafkaProcess {
+    /// A mock cluster with one topic, in a child process running `exe mock-kafka`.
     pub async fn start(exe: &Path, work: &Path, topic: &str, partitions: i32) -> anyhow::Result<KafkaProcess> {
+        Self::start_with(exe, work, &[(topic, partitions)], None).await
+    }
+
+    /// Several topics (the first is the one [`KafkaProcess::produce`] writes to),
+    /// and optionally the group initial rebalance delay.
+    pub async fn start_with(
+        exe: &Path,
+        work: &Path,
+        topics: &[(&str, i32)],
+        rebalance_delay_ms: Option<i32>,
+    ) -> anyhow::Result<KafkaProcess> {
+        let (topic, partitions) = topics.first().copied().ok_or_else(|| anyhow::anyhow!("no topic"))?;
         let ready = work.join("kafka.bootstrap");
         let _ = std::fs::remove_file(&ready);
         let log = std::fs::File::create(work.join("kafka.log"))?;
+        let mut args: Vec<String> = vec!["mock-kafka".into()];
+        for (t, n) in topics {
+            args.extend(["--topic".into(), format!("{t}:{n}")]);
+        }
+        args.extend(["--partitions".into(), partitions.to_string()]);
+        if let Some(ms) = rebalance_delay_ms {
+            args.extend(["--rebalance-delay-ms".into(), ms.to_string()]);
+        }
         let mut child = Command::new(exe)
-            .args(["mock-kafka", "--topic", topic, "--partitions", &partitions.to_string(), "--ready-file"])
+            .args(&args)
+            .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)

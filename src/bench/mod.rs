@@ -1,0 +1,574 @@
+//! `landfall bench`: throughput, latency, memory and recovery, measured in
+//! one run on one mock Kafka broker and one BigQuery emulator, and reported
+//! as ratios against the raw limits of the two (docs/performance.md).
+//!
+//! The phases, in order:
+//!
+//! 1. a DMS full load of `messages` rows is produced to `bench.backlog`
+//!    (enough partitions to stay under the mock broker's ~5 MiB per
+//!    partition; the high watermarks are checked), and `bq_messages` rows to
+//!    `bench.bq`;
+//! 2. (a) a plain group consumer reads the backlog and drops it;
+//! 3. (b) `landfall run` with the `discard` sink works through the backlog;
+//!    its peak RSS and WAL size are read;
+//! 4. (c) `landfall run` into the emulator reads `bench.bq`;
+//! 5. (d) a minimal insertAll client sends the same rows, same request size
+//!    and concurrency, into a fresh dataset;
+//! 6. latency: a steady stream at `latency_rate` per second for
+//!    `latency_seconds` through the bridge into the emulator; the bridge
+//!    reports produce-to-landed percentiles;
+//! 7. recovery: the WAL state a kill -9 after the pending flush leaves
+//!    (`recovery_pending` records, the same ones the bridge would write) is
+//!    built, and the time from starting the bridge to its first commit is taken;
+//! 8. MERGE: an incremental merge of the same new changes over a log with 1x
+//!    and with 10x history.
+//!
+//! The bridge runs as a child process (`landfall run`), the broker as another
+//! (`landfall mock-kafka`), so the figures are the bridge's own.
+
+pub mod bridge;
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, TableConfig};
+use crate::demo::send;
+use crate::log::{Wal, WalBatch};
+use crate::merge::Merger;
+use crate::metrics::Metrics;
+use crate::mock_kafka::KafkaProcess;
+use crate::pipeline::{pending_record, plan, Msg, Plan};
+use crate::sim::{SimMessage, Simulator};
+use crate::sink::{BigQuery, ShipRow};
+use bridge::{dir_bytes, watch, Bridge, Commits};
+
+const BACKLOG: &str = "bench.backlog";
+const BQ_TOPIC: &str = "bench.bq";
+const LATENCY_TOPIC: &str = "bench.latency";
+/// Bytes per mock partition the generator aims at (the broker keeps ~5 MiB).
+const PARTITION_BUDGET: f64 = 3.0 * 1024.0 * 1024.0;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub endpoint: String,
+    pub project: String,
+    pub messages: u64,
+    pub bq_messages: u64,
+    pub recovery_pending: u64,
+    pub latency_rate: u64,
+    pub latency_seconds: u64,
+    /// Log rows of history for the 1x MERGE (10x has ten times as many).
+    pub merge_history: u64,
+    /// New changes each MERGE folds in.
+    pub merge_new: u64,
+    pub work_dir: PathBuf,
+    pub exe: PathBuf,
+    pub seed: u64,
+}
+
+impl BenchOptions {
+    /// A run of a few seconds per phase, to check the harness itself.
+    pub fn quick(mut self) -> Self {
+        self.messages = 20_000;
+        self.bq_messages = 5_000;
+        self.recovery_pending = 5_000;
+        self.latency_rate = 200;
+        self.latency_seconds = 3;
+        self.merge_history = 1_000;
+        self.merge_new = 300;
+        self
+    }
+}
+
+/// Every figure, with the keys docs/performance.md explains.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BenchReport {
+    pub raw_consume_msgs_per_s: f64,
+    pub raw_consume_mb_per_s: f64,
+    pub discard_msgs_per_s: f64,
+    pub discard_mb_per_s: f64,
+    pub bigquery_msgs_per_s: f64,
+    pub bigquery_mb_per_s: f64,
+    pub emulator_raw_rows_per_s: f64,
+    pub emulator_raw_mb_per_s: f64,
+    pub ratio_discard_vs_raw: f64,
+    pub ratio_bigquery_vs_emulator_raw: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_rate_msgs_per_s: u64,
+    pub peak_rss_mb: f64,
+    pub peak_rss_mb_bigquery: f64,
+    pub wal_bytes_per_change: f64,
+    pub request_bytes_per_change_plain: f64,
+    pub request_bytes_per_change_gzip: f64,
+    pub ratio_gzip_vs_plain: f64,
+    pub recovery_seconds_100k_pending: f64,
+    pub recovery_pending_records: u64,
+    pub merge_seconds_1x: f64,
+    pub merge_seconds_10x: f64,
+    pub ratio_merge_10x_vs_1x: f64,
+    pub backlog_messages: u64,
+    pub backlog_partitions: i32,
+    pub message_bytes_avg: f64,
+    pub bigquery_messages: u64,
+    pub elapsed_seconds: f64,
+}
+
+impl BenchReport {
+    /// The targets of docs/performance.md: (name, met, what was measured).
+    pub fn targets(&self) -> Vec<(&'static str, bool, String)> {
+        vec![
+            ("b/a >= 0.5", self.ratio_discard_vs_raw >= 0.5, format!("{:.2}", self.ratio_discard_vs_raw)),
+            ("c/d >= 0.9", self.ratio_bigquery_vs_emulator_raw >= 0.9, format!("{:.2}", self.ratio_bigquery_vs_emulator_raw)),
+            ("peak RSS <= 256 MB", self.peak_rss_mb <= 256.0, format!("{:.0} MB", self.peak_rss_mb)),
+            (
+                "recovery (100k pending) <= 3 s",
+                self.recovery_seconds_100k_pending <= 3.0,
+                format!("{:.2} s for {} records", self.recovery_seconds_100k_pending, self.recovery_pending_records),
+            ),
+            ("MERGE 10x <= 1.5 x 1x", self.ratio_merge_10x_vs_1x <= 1.5, format!("{:.2}", self.ratio_merge_10x_vs_1x)),
+            ("gzip <= 0.35 x plain", self.ratio_gzip_vs_plain <= 0.35, format!("{:.2}", self.ratio_gzip_vs_plain)),
+        ]
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "landfall bench: {} backlog messages ({:.0} B avg) on {} partitions, {} into the emulator\n\n\
+             (a) raw consume        {:>10.0} msgs/s {:>7.1} MB/s\n\
+             (b) bridge -> discard  {:>10.0} msgs/s {:>7.1} MB/s   b/a = {:.2}\n\
+             (c) bridge -> emulator {:>10.0} msgs/s {:>7.1} MB/s\n\
+             (d) emulator insertAll {:>10.0} rows/s {:>7.1} MB/s   c/d = {:.2}\n\n\
+             latency produce -> landed at {} msgs/s: p50 {:.0} ms, p99 {:.0} ms\n\
+             peak RSS: {:.0} MB (discard, backlog), {:.0} MB (emulator)\n\
+             WAL: {:.0} bytes per change\n\
+             insertAll bytes per change: {:.0} plain JSON, {:.0} gzip ({:.2}x)\n\
+             recovery with {} pending: {:.2} s to the first new commit\n\
+             MERGE: {:.2} s with 1x history, {:.2} s with 10x ({:.2}x)\n\n",
+            self.backlog_messages,
+            self.message_bytes_avg,
+            self.backlog_partitions,
+            self.bigquery_messages,
+            self.raw_consume_msgs_per_s,
+            self.raw_consume_mb_per_s,
+            self.discard_msgs_per_s,
+            self.discard_mb_per_s,
+            self.ratio_discard_vs_raw,
+            self.bigquery_msgs_per_s,
+            self.bigquery_mb_per_s,
+            self.emulator_raw_rows_per_s,
+            self.emulator_raw_mb_per_s,
+            self.ratio_bigquery_vs_emulator_raw,
+            self.latency_rate_msgs_per_s,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.peak_rss_mb,
+            self.peak_rss_mb_bigquery,
+            self.wal_bytes_per_change,
+            self.request_bytes_per_change_plain,
+            self.request_bytes_per_change_gzip,
+            self.ratio_gzip_vs_plain,
+            self.recovery_pending_records,
+            self.recovery_seconds_100k_pending,
+            self.merge_seconds_1x,
+            self.merge_seconds_10x,
+            self.ratio_merge_10x_vs_1x,
+        );
+        for (name, met, got) in self.targets() {
+            s.push_str(&format!("target {name:<32} {:<6} {got}\n", if met { "met" } else { "MISSED" }));
+        }
+        s.push_str(&format!("\nelapsed {:.0} s\n", self.elapsed_seconds));
+        s
+    }
+}
+
+/// The bridge's configuration for one phase.
+struct Setup<'a> {
+    bootstrap: &'a str,
+    endpoint: &'a str,
+    project: &'a str,
+    dataset: &'a str,
+    group: &'a str,
+    topic: &'a str,
+    wal: &'a Path,
+    discard: bool,
+    tables: &'a [TableConfig],
+}
+
+impl Setup<'_> {
+    fn toml(&self) -> String {
+        let mut s = crate::demo::demo_config_toml(self.bootstrap, self.endpoint, self.project, self.dataset, self.wal, self.tables)
+            .replace("group_id = \"landfall-demo\"", &format!("group_id = \"{}\"", self.group))
+            .replace("topics = [\"dms.sales\"]", &format!("topics = [\"{}\"]", self.topic))
+            // The pipeline's own defaults, not the demo's short batch wait.
+            .replace("batch_max_wait = \"20ms\"\n", "")
+            // A short overlap (it must exceed the request timeout) keeps the
+            // MERGE phase's wait for it short.
+            .replace("request_timeout = \"30s\"", "request_timeout = \"5s\"")
+            .replace("overlap = \"5m\"", "overlap = \"6s\"");
+        if self.discard {
+            s.push_str("\n[sink]\nkind = \"discard\"\n");
+        }
+        s
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, Config)> {
+        let text = self.toml();
+        let cfg = Config::from_toml(&text)?;
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok((path, cfg))
+    }
+}
+
+fn producer(bootstrap: &str, linger_ms: u32) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", linger_ms.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()?)
+}
+
+/// A DMS full load of `n` rows (spread over the simulator's tables), handed
+/// out in chunks so the whole load is never in memory.
+fn full_load(seed: u64, n: u64, mut each: impl FnMut(&[SimMessage]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut sim = Simulator::new(seed);
+    let per_table_chunk = 1000u64;
+    let tables = sim.tables().len() as u64;
+    let mut left = n;
+    while left > 0 {
+        let mut msgs = sim.full_load(per_table_chunk as usize);
+        msgs.truncate(left.min(per_table_chunk * tables) as usize);
+        left -= msgs.len() as u64;
+        each(&msgs)?;
+        // Only the messages are needed, not the model of the source.
+        sim.model.values_mut().for_each(|m| m.clear());
+    }
+    Ok(())
+}
+
+fn produce_all(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, msgs: &[SimMessage]) -> anyhow::Result<()> {
+    for m in msgs {
+        send(p, topic, Some(&m.key), Some(&m.payload))?;
+    }
+    Ok(())
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// Runs every phase; see the module docs.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let work = &opts.work_dir;
+    std::fs::create_dir_all(work)?;
+    let tables = crate::sim::tables();
+    let mut r = BenchReport { backlog_messages: opts.messages, bigquery_messages: opts.bq_messages, ..Default::default() };
+
+    // 1. Data: size the backlog's partitions from a sample of the messages.
+    let mut sample_bytes = 0usize;
+    let mut sample_n = 0usize;
+    full_load(opts.seed, 3_000, |m| {
+        sample_n += m.len();
+        sample_bytes += m.iter().map(|m| m.payload.len()).sum::<usize>();
+        Ok(())
+    })?;
+    r.message_bytes_avg = sample_bytes as f64 / sample_n.max(1) as f64;
+    let partitions = ((opts.messages as f64 * (r.message_bytes_avg + 64.0) / PARTITION_BUDGET).ceil() as i32).max(4);
+    r.backlog_partitions = partitions;
+    let kafka = KafkaProcess::start_with(&opts.exe, work, &[(BACKLOG, partitions), (BQ_TOPIC, 8), (LATENCY_TOPIC, 8)], Some(0)).await?;
+    let bootstrap = kafka.bootstrap.clone();
+    let p = producer(&bootstrap, 20)?;
+    eprintln!("bench: producing {} messages to {partitions} partitions", opts.messages);
+    full_load(opts.seed, opts.messages, |m| produce_all(&p, BACKLOG, m))?;
+    full_load(opts.seed + 1, opts.bq_messages, |m| produce_all(&p, BQ_TOPIC, m))?;
+    p.flush(Duration::from_secs(120))?;
+    let kept = high_watermark_sum(&bootstrap, BACKLOG, partitions)?;
+    anyhow::ensure!(
+        kept == opts.messages as i64,
+        "the mock broker kept {kept} of {} backlog messages (its ~5 MiB per partition limit); use more partitions",
+        opts.messages
+    );
+
+    let ctx = Ctx { work, bootstrap: &bootstrap, endpoint: &opts.endpoint, project: &opts.project, tables: &tables };
+    let stamp = crate::log::now_ms();
+
+    // 2. (a) raw consume.
+    eprintln!("bench: (a) raw consume");
+    let (_, raw_cfg) = ctx.phase("raw", BACKLOG, "unused", true)?;
+    let kcfg = raw_cfg.kafka.clone();
+    let target = opts.messages;
+    let a = tokio::task::spawn_blocking(move || raw::consume(&kcfg, target)).await??;
+    r.raw_consume_msgs_per_s = a.per_s();
+    r.raw_consume_mb_per_s = a.mb_per_s();
+    eprintln!("bench: (a) {:.0} msgs/s", r.raw_consume_msgs_per_s);
+
+    // 3. (b) the bridge into the discard sink.
+    eprintln!("bench: (b) bridge -> discard");
+    let (path, cfg) = ctx.phase("discard", BACKLOG, "unused", true)?;
+    let mut b = Bridge::spawn(&opts.exe, &path, work.join("bridge-discard.log"))?;
+    let commits = Commits::new(&bootstrap, &cfg.kafka.group_id, BACKLOG, partitions)?;
+    let prog = watch(&mut b, &commits, opts.messages as i64, Duration::from_secs(1800)).await?;
+    r.peak_rss_mb = b.peak_rss_mb()?;
+    let started_b = b.started;
+    drop(commits);
+    let summary = b.stop().await?;
+    anyhow::ensure!(f(&summary, "consumed") as u64 >= opts.messages, "the discard run consumed {} messages", f(&summary, "consumed"));
+    r.discard_msgs_per_s = prog.rate(opts.messages as i64, started_b);
+    r.discard_mb_per_s = r.discard_msgs_per_s * r.message_bytes_avg / 1e6;
+    r.ratio_discard_vs_raw = r.discard_msgs_per_s / r.raw_consume_msgs_per_s.max(1e-9);
+    r.wal_bytes_per_change = dir_bytes(&cfg.wal.path) as f64 / opts.messages as f64;
+    eprintln!("bench: (b) {:.0} msgs/s, peak RSS {:.0} MB", r.discard_msgs_per_s, r.peak_rss_mb);
+
+    // 4. (c) the bridge into the emulator.
+    eprintln!("bench: (c) bridge -> emulator");
+    let dataset = format!("bench_{stamp}");
+    let (path, cfg) = ctx.phase("bigquery", BQ_TOPIC, &dataset, false)?;
+    let mut c = Bridge::spawn(&opts.exe, &path, work.join("bridge-bigquery.log"))?;
+    let commits = Commits::new(&bootstrap, &cfg.kafka.group_id, BQ_TOPIC, 8)?;
+    let prog = watch(&mut c, &commits, opts.bq_messages as i64, Duration::from_secs(1800)).await?;
+    r.peak_rss_mb_bigquery = c.peak_rss_mb()?;
+    let started_c = c.started;
+    drop(commits);
+    let summary = c.stop().await?;
+    r.bigquery_msgs_per_s = prog.rate(opts.bq_messages as i64, started_c);
+    r.bigquery_mb_per_s = r.bigquery_msgs_per_s * r.message_bytes_avg / 1e6;
+    let landed = f(&summary, "landed").max(1.0);
+    r.request_bytes_per_change_plain = f(&summary, "request_bytes_plain") / landed;
+    r.request_bytes_per_change_gzip = f(&summary, "request_bytes_sent") / landed;
+    r.ratio_gzip_vs_plain = r.request_bytes_per_change_gzip / r.request_bytes_per_change_plain.max(1e-9);
+    eprintln!("bench: (c) {:.0} msgs/s", r.bigquery_msgs_per_s);
+
+    // 5. (d) the emulator's own insertAll rate for the same rows.
+    eprintln!("bench: (d) emulator insertAll");
+    let raw_dataset = format!("bench_raw_{stamp}");
+    let (_, raw_bq_cfg) = ctx.phase("raw-bq", BQ_TOPIC, &raw_dataset, false)?;
+    let bq = BigQuery::connect(&raw_bq_cfg.bigquery).await?;
+    bq.ensure_all(&raw_bq_cfg).await?;
+    let rows = log_rows(&raw_bq_cfg, opts.seed + 1, opts.bq_messages)?;
+    let d = raw::insert_all(&bq, &rows, raw_bq_cfg.bigquery.max_rows_per_request, raw_bq_cfg.bigquery.max_inflight_requests).await?;
+    r.emulator_raw_rows_per_s = d.per_s();
+    r.emulator_raw_mb_per_s = d.mb_per_s();
+    r.ratio_bigquery_vs_emulator_raw = r.bigquery_msgs_per_s / r.emulator_raw_rows_per_s.max(1e-9);
+    eprintln!("bench: (d) {:.0} rows/s", r.emulator_raw_rows_per_s);
+
+    // 6. Latency at a steady rate, into the emulator.
+    eprintln!("bench: latency at {} msgs/s for {} s", opts.latency_rate, opts.latency_seconds);
+    let (path, cfg) = ctx.phase("latency", LATENCY_TOPIC, &dataset, false)?;
+    let (p50, p99) = latency(&opts, &bootstrap, &path, &cfg).await?;
+    r.latency_rate_msgs_per_s = opts.latency_rate;
+    r.latency_p50_ms = p50;
+    r.latency_p99_ms = p99;
+
+    // 7. Recovery with pending records.
+    eprintln!("bench: recovery with {} pending records", opts.recovery_pending);
+    let (path, cfg) = ctx.phase("recovery", BACKLOG, "unused", true)?;
+    r.recovery_pending_records = build_pending(&cfg, &bootstrap, partitions, opts.recovery_pending)?;
+    let mut rb = Bridge::spawn(&opts.exe, &path, work.join("bridge-recovery.log"))?;
+    let commits = Commits::new(&bootstrap, &cfg.kafka.group_id, BACKLOG, partitions)?;
+    let prog = watch(&mut rb, &commits, 1, Duration::from_secs(600)).await?;
+    r.recovery_seconds_100k_pending = prog.first_at.duration_since(rb.started).as_secs_f64();
+    drop(commits);
+    let summary = rb.stop().await?;
+    anyhow::ensure!(
+        f(&summary, "recovered") as u64 >= r.recovery_pending_records,
+        "the bridge re-shipped {} of {} pending records",
+        f(&summary, "recovered"),
+        r.recovery_pending_records
+    );
+
+    // 8. MERGE over 1x and 10x history.
+    eprintln!("bench: MERGE with 1x and 10x history");
+    let mut merge_secs = Vec::new();
+    for scale in [1u64, 10] {
+        let ds = format!("bench_merge{scale}x_{stamp}");
+        let (_, mcfg) = ctx.phase(&format!("merge{scale}x"), BQ_TOPIC, &ds, false)?;
+        merge_secs.push(merge_time(&mcfg, opts.seed + 10 + scale, opts.merge_history * scale, opts.merge_new).await?);
+    }
+    r.merge_seconds_1x = merge_secs[0];
+    r.merge_seconds_10x = merge_secs[1];
+    r.ratio_merge_10x_vs_1x = r.merge_seconds_10x / r.merge_seconds_1x.max(1e-9);
+
+    kafka.stop().await;
+    r.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// What every phase's configuration shares.
+struct Ctx<'a> {
+    work: &'a Path,
+    bootstrap: &'a str,
+    endpoint: &'a str,
+    project: &'a str,
+    tables: &'a [TableConfig],
+}
+
+impl Ctx<'_> {
+    /// The configuration of phase `name`: group `bench-NAME`, WAL `wal-NAME` (fresh).
+    fn phase(&self, name: &str, topic: &str, dataset: &str, discard: bool) -> anyhow::Result<(PathBuf, Config)> {
+        let wal = self.work.join(format!("wal-{name}"));
+        let _ = std::fs::remove_dir_all(&wal);
+        let group = format!("bench-{name}");
+        Setup {
+            bootstrap: self.bootstrap,
+            endpoint: self.endpoint,
+            project: self.project,
+            dataset,
+            group: &group,
+            topic,
+            wal: &wal,
+            discard,
+            tables: self.tables,
+        }
+        .write(self.work, name)
+    }
+}
+
+fn high_watermark_sum(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut sum = 0;
+    for p in 0..partitions {
+        sum += c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
+    }
+    Ok(sum)
+}
+
+/// The log rows the bridge would ship for `msgs`, grouped by log table.
+fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec<ShipRow>)>> {
+    let metrics = Metrics::default();
+    let mut rows = Vec::new();
+    for (offset, m) in msgs.iter().enumerate() {
+        let msg = Msg { topic: BQ_TOPIC.into(), partition: 0, offset: offset as i64, payload: Some(m.payload.clone()), produced_ms: None };
+        match plan(cfg, &msg, &metrics) {
+            Plan::Rows(r) => rows.extend(r.into_iter().map(|(t, row)| (t, ShipRow { key: row.key, json: row.json }))),
+            other => anyhow::bail!("a generated message did not become rows: {other:?}"),
+        }
+    }
+    Ok(crate::pipeline::group(rows))
+}
+
+/// The log rows of the full load [`run`] produced to `bench.bq`.
+fn log_rows(cfg: &Config, seed: u64, n: u64) -> anyhow::Result<Vec<(String, Vec<ShipRow>)>> {
+    let mut msgs = Vec::new();
+    full_load(seed, n, |m| {
+        msgs.extend_from_slice(m);
+        Ok(())
+    })?;
+    rows_of(cfg, &msgs)
+}
+
+/// Steady produce at `latency_rate` for `latency_seconds` through a running
+/// bridge; returns the bridge's produce-to-landed p50 and p99 (ms).
+async fn latency(opts: &BenchOptions, bootstrap: &str, config: &Path, cfg: &Config) -> anyhow::Result<(f64, f64)> {
+    let mut bridge = Bridge::spawn(&opts.exe, config, opts.work_dir.join("bridge-latency.log"))?;
+    let commits = Commits::new(bootstrap, &cfg.kafka.group_id, LATENCY_TOPIC, 8)?;
+    let p = producer(bootstrap, 1)?;
+    let mut sim = Simulator::new(opts.seed + 2);
+    let total = opts.latency_rate * opts.latency_seconds;
+    let mut msgs = sim.full_load(100);
+    msgs.extend(sim.changes(total as usize));
+    // A first message, landed before the clock starts: the group join is not latency.
+    produce_all(&p, LATENCY_TOPIC, &msgs[..1])?;
+    p.flush(Duration::from_secs(10))?;
+    watch(&mut bridge, &commits, 1, Duration::from_secs(120)).await?;
+    let tick = Duration::from_millis(10);
+    let per_tick = (opts.latency_rate as f64 * tick.as_secs_f64()).max(1.0);
+    let mut interval = tokio::time::interval(tick);
+    let (mut sent, start) = (1usize, Instant::now());
+    let end = (total as usize + 1).min(msgs.len());
+    while sent < end {
+        interval.tick().await;
+        let due = (1 + (start.elapsed().as_secs_f64() / tick.as_secs_f64() * per_tick) as usize).min(end);
+        if due > sent {
+            produce_all(&p, LATENCY_TOPIC, &msgs[sent..due])?;
+            sent = due;
+        }
+    }
+    p.flush(Duration::from_secs(30))?;
+    watch(&mut bridge, &commits, sent as i64, Duration::from_secs(600)).await?;
+    drop(commits);
+    let summary = bridge.stop().await?;
+    anyhow::ensure!(f(&summary, "latency_samples") as usize >= sent, "the bridge recorded {} latencies", f(&summary, "latency_samples"));
+    Ok((f(&summary, "latency_p50_ms"), f(&summary, "latency_p99_ms")))
+}
+
+/// Writes to the WAL what a bridge killed right after its pending flush
+/// leaves: pending records for the first `n` messages of the backlog (the
+/// same keys and rows [`crate::pipeline`] writes). Returns the record count.
+fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyhow::Result<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "bench-reader").create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(BACKLOG, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let wal = Wal::open(&cfg.wal.path)?;
+    let metrics = Metrics::default();
+    let mut batch = WalBatch::default();
+    let (mut read, mut records) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while read < n {
+        anyhow::ensure!(Instant::now() < deadline, "read {read} of {n} messages for the recovery phase");
+        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let m = m?;
+        let msg = Msg {
+            topic: BACKLOG.into(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+            produced_ms: None,
+        };
+        read += 1;
+        if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {
+            for (table, row) in rows {
+                let ship = ShipRow { key: row.key, json: row.json };
+                batch.pending(&ship.key, &pending_record(&table, &ship));
+                records += 1;
+            }
+        }
+        if read % 10_000 == 0 {
+            wal.commit(std::mem::take(&mut batch))?;
+        }
+    }
+    wal.commit(batch)?;
+    drop(wal);
+    Ok(records)
+}
+
+/// Lands `history` rows of a full load and merges them; then, once the
+/// merge overlap has passed, lands `new` changes to those rows and times the
+/// incremental merge that folds them in.
+async fn merge_time(cfg: &Config, seed: u64, history: u64, new: u64) -> anyhow::Result<f64> {
+    let bq = BigQuery::connect(&cfg.bigquery).await?;
+    bq.ensure_all(cfg).await?;
+    let (max_rows, concurrency) = (cfg.bigquery.max_rows_per_request, cfg.bigquery.max_inflight_requests);
+    let mut sim = Simulator::new(seed);
+    let loaded = sim.full_load((history / sim.tables().len() as u64).max(1) as usize);
+    raw::insert_all(&bq, &rows_of(cfg, &loaded)?, max_rows, concurrency).await?;
+    drop(loaded);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let cfg = Arc::new(cfg.clone());
+    let merger = Merger::new(bq.clone(), cfg.clone(), Arc::new(Metrics::default()), rx);
+    for res in merger.merge_all(false).await {
+        res?;
+    }
+    let changes = sim.changes(new as usize);
+    tokio::time::sleep(cfg.merge.overlap + Duration::from_millis(500)).await;
+    raw::insert_all(&bq, &rows_of(&cfg, &changes)?, max_rows, concurrency).await?;
+    let started = Instant::now();
+    for res in merger.merge_all(false).await {
+        res?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
