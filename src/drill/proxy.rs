@@ -18,8 +18,9 @@
 //! - [`Fault::RowsBackendError`]: a transient per-row failure of a whole insertAll.
 //!
 //! [`FaultProxy::set_strip_insert_ids`] models an endpoint that never dedups by insertId.
-//! Request bodies are inspected as plain JSON; a gzip-encoded or non-JSON body is
-//! forwarded untouched (it never matches [`Target::Merge`] and is never stripped).
+//! Request bodies are inspected as JSON: a gzip-encoded body (landfall gzips insertAll) is
+//! decompressed and forwarded as plain JSON; a non-JSON body is forwarded untouched (it
+//! never matches [`Target::Merge`] and is never stripped).
 //! A connection is "reset" by failing hyper's service future: hyper then closes the
 //! socket without writing any response, and the client sees an incomplete message.
 
@@ -220,8 +221,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
-    let (parts, body) = req.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let (mut parts, body) = req.into_parts();
+    let mut body = body.collect().await?.to_bytes();
+    let gzipped = parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if gzipped {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)?;
+        body = Bytes::from(plain);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    }
     let json: Option<Value> = serde_json::from_slice(&body).ok();
     let post = parts.method == hyper::Method::POST;
     let path = parts.uri.path();
