@@ -125,37 +125,11 @@ enum Command {
     /// Measure throughput, latency, memory, recovery and MERGE cost on local
     /// parts (docs/performance.md). `make bench` runs it against the emulator.
     Bench {
-        /// BigQuery REST endpoint of the local emulator.
-        #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
-        endpoint: String,
-        #[arg(long, env = "LANDFALL_BQ_PROJECT", default_value = "landfall-local")]
-        project: String,
-        /// Backlog for the raw consumer and the discard sink (peak RSS is taken here).
-        #[arg(long, default_value_t = 1_000_000)]
-        messages: u64,
-        /// Messages through the bridge into the emulator (and sent raw).
-        #[arg(long, default_value_t = 30_000)]
-        bq_messages: u64,
-        #[arg(long, default_value_t = 100_000)]
-        recovery_pending: u64,
-        /// Steady produce rate of the latency phase (messages per second).
-        #[arg(long, default_value_t = 1_000)]
-        latency_rate: u64,
-        #[arg(long, default_value_t = 10)]
-        latency_seconds: u64,
-        /// Log rows of history for the 1x MERGE; 10x has ten times as many.
-        #[arg(long, default_value_t = 10_000)]
-        merge_history: u64,
-        #[arg(long, default_value_t = 2_000)]
-        merge_new: u64,
-        #[arg(long, default_value_t = 5)]
-        seed: u64,
+        #[command(flatten)]
+        opts: bench::BenchOptions,
         /// Seconds-long phases with small volumes, to check the harness.
         #[arg(long)]
         quick: bool,
-        /// Work files (configs, WALs, bridge logs); default target/bench.
-        #[arg(long, default_value = "target/bench")]
-        work_dir: PathBuf,
         /// Print the results as one JSON object instead of the report.
         #[arg(long)]
         json: bool,
@@ -379,36 +353,8 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Bench {
-            endpoint,
-            project,
-            messages,
-            bq_messages,
-            recovery_pending,
-            latency_rate,
-            latency_seconds,
-            merge_history,
-            merge_new,
-            seed,
-            quick,
-            work_dir,
-            json,
-            out,
-        } => {
-            let mut opts = bench::BenchOptions {
-                endpoint,
-                project,
-                messages,
-                bq_messages,
-                recovery_pending,
-                latency_rate,
-                latency_seconds,
-                merge_history,
-                merge_new,
-                work_dir,
-                exe: std::env::current_exe()?,
-                seed,
-            };
+        Command::Bench { mut opts, quick, json, out } => {
+            opts.exe = std::env::current_exe()?;
             if quick {
                 opts = opts.quick();
             }

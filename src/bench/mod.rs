@@ -55,21 +55,40 @@ const LATENCY_TOPIC: &str = "bench.latency";
 /// Bytes per mock partition the generator aims at (the broker keeps ~5 MiB).
 const PARTITION_BUDGET: f64 = 3.0 * 1024.0 * 1024.0;
 
-#[derive(Debug, Clone)]
+/// The options of `landfall bench` (the command line parses straight into them).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// BigQuery REST endpoint of the local emulator.
+    #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
     pub endpoint: String,
+    #[arg(long, env = "LANDFALL_BQ_PROJECT", default_value = "landfall-local")]
     pub project: String,
+    /// Backlog for the raw consumer and the discard sink (peak RSS is taken here).
+    #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
+    /// Messages through the bridge into the emulator (and sent raw).
+    #[arg(long, default_value_t = 30_000)]
     pub bq_messages: u64,
+    #[arg(long, default_value_t = 100_000)]
     pub recovery_pending: u64,
+    /// Steady produce rate of the latency phase (messages per second).
+    #[arg(long, default_value_t = 1_000)]
     pub latency_rate: u64,
+    #[arg(long, default_value_t = 10)]
     pub latency_seconds: u64,
-    /// Log rows of history for the 1x MERGE (10x has ten times as many).
+    /// Log rows of history for the 1x MERGE; 10x has ten times as many.
+    #[arg(long, default_value_t = 10_000)]
     pub merge_history: u64,
     /// New changes each MERGE folds in.
+    #[arg(long, default_value_t = 2_000)]
     pub merge_new: u64,
+    /// Work files (configs, WALs, bridge logs).
+    #[arg(long, default_value = "target/bench")]
     pub work_dir: PathBuf,
+    /// The `landfall` binary that runs the broker and the bridge.
+    #[arg(skip)]
     pub exe: PathBuf,
+    #[arg(long, default_value_t = 5)]
     pub seed: u64,
 }
 
@@ -185,45 +204,6 @@ impl BenchReport {
         }
         s.push_str(&format!("\nelapsed {:.0} s\n", self.elapsed_seconds));
         s
-    }
-}
-
-/// The bridge's configuration for one phase.
-struct Setup<'a> {
-    bootstrap: &'a str,
-    endpoint: &'a str,
-    project: &'a str,
-    dataset: &'a str,
-    group: &'a str,
-    topic: &'a str,
-    wal: &'a Path,
-    discard: bool,
-    tables: &'a [TableConfig],
-}
-
-impl Setup<'_> {
-    fn toml(&self) -> String {
-        let mut s = crate::demo::demo_config_toml(self.bootstrap, self.endpoint, self.project, self.dataset, self.wal, self.tables)
-            .replace("group_id = \"landfall-demo\"", &format!("group_id = \"{}\"", self.group))
-            .replace("topics = [\"dms.sales\"]", &format!("topics = [\"{}\"]", self.topic))
-            // The pipeline's own defaults, not the demo's short batch wait.
-            .replace("batch_max_wait = \"20ms\"\n", "")
-            // A short overlap (it must exceed the request timeout) keeps the
-            // MERGE phase's wait for it short.
-            .replace("request_timeout = \"30s\"", "request_timeout = \"5s\"")
-            .replace("overlap = \"5m\"", "overlap = \"6s\"");
-        if self.discard {
-            s.push_str("\n[sink]\nkind = \"discard\"\n");
-        }
-        s
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, Config)> {
-        let text = self.toml();
-        let cfg = Config::from_toml(&text)?;
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, text)?;
-        Ok((path, cfg))
     }
 }
 
@@ -412,23 +392,27 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The configuration of phase `name`: group `bench-NAME`, WAL `wal-NAME` (fresh).
+    /// The configuration of phase `name` (group `bench-NAME`, a fresh WAL
+    /// `wal-NAME`), written to `NAME.toml` and parsed like any other.
     fn phase(&self, name: &str, topic: &str, dataset: &str, discard: bool) -> anyhow::Result<(PathBuf, Config)> {
         let wal = self.work.join(format!("wal-{name}"));
         let _ = std::fs::remove_dir_all(&wal);
-        let group = format!("bench-{name}");
-        Setup {
-            bootstrap: self.bootstrap,
-            endpoint: self.endpoint,
-            project: self.project,
-            dataset,
-            group: &group,
-            topic,
-            wal: &wal,
-            discard,
-            tables: self.tables,
+        let mut text = crate::demo::demo_config_toml(self.bootstrap, self.endpoint, self.project, dataset, &wal, self.tables)
+            .replace("group_id = \"landfall-demo\"", &format!("group_id = \"bench-{name}\""))
+            .replace("topics = [\"dms.sales\"]", &format!("topics = [\"{topic}\"]"))
+            // The pipeline's own defaults, not the demo's short batch wait.
+            .replace("batch_max_wait = \"20ms\"\n", "")
+            // A short overlap (it must exceed the request timeout) keeps the
+            // MERGE phase's wait for it short.
+            .replace("request_timeout = \"30s\"", "request_timeout = \"5s\"")
+            .replace("overlap = \"5m\"", "overlap = \"6s\"");
+        if discard {
+            text.push_str("\n[sink]\nkind = \"discard\"\n");
         }
-        .write(self.work, name)
+        let cfg = Config::from_toml(&text)?;
+        let path = self.work.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok((path, cfg))
     }
 }
 

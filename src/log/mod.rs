@@ -305,7 +305,9 @@ impl Wal {
     }
 
     /// A persistent counter, advanced in the same durable batches as the
-    /// work it counts (so it survives kill -9 exactly).
+    /// work it counts. (With batches in flight, another batch's commit may
+    /// acknowledge a message whose count is not durable yet, so a kill -9
+    /// can leave it a few short; it is a statistic, not a guarantee.)
     pub fn counter(&self, name: &str) -> Result<u64, WalError> {
         Ok(self.tree.get(counter_key(name))?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
