@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::decode::ident;
-use crate::decode::ColumnType;
+use crate::decode::{BytesEncoding, ColumnType, OrderBy};
 
 /// A configuration error, naming the key that is wrong and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +180,36 @@ pub struct TableConfig {
     pub primary_key: Vec<String>,
     /// The source columns, in order, with their BigQuery types.
     pub columns: Vec<ColumnConfig>,
+    /// What orders this table's changes; unset: `pipeline.order_by`.
+    #[serde(default)]
+    pub order_by: Option<OrderBy>,
+    /// Columns for which a value missing from an update keeps the final
+    /// table's current value instead of writing NULL (DMS leaves unchanged
+    /// LOB columns out in limited LOB mode, PostgreSQL leaves out unchanged
+    /// TOAST columns). Inserts and loads are full images: there a missing
+    /// column is NULL.
+    #[serde(default)]
+    pub keep_when_missing: Vec<String>,
+}
+
+impl TableConfig {
+    /// A route with the defaults for everything optional.
+    pub fn new(source: &str, log_table: &str, final_table: &str, primary_key: &[&str], columns: Vec<ColumnConfig>) -> TableConfig {
+        TableConfig {
+            source: source.into(),
+            log_table: log_table.into(),
+            final_table: final_table.into(),
+            primary_key: primary_key.iter().map(|k| (*k).to_owned()).collect(),
+            columns,
+            order_by: None,
+            keep_when_missing: Vec::new(),
+        }
+    }
+
+    /// The effective ordering ([`Config::from_toml`] fills in the global default).
+    pub fn order_by(&self) -> OrderBy {
+        self.order_by.unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -188,6 +218,20 @@ pub struct ColumnConfig {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: ColumnType,
+    /// For BYTES columns: how values are written; unset: `pipeline.bytes_encoding`.
+    #[serde(default)]
+    pub bytes_encoding: Option<BytesEncoding>,
+}
+
+impl ColumnConfig {
+    pub fn new(name: &str, ty: ColumnType) -> ColumnConfig {
+        ColumnConfig { name: name.into(), ty, bytes_encoding: None }
+    }
+
+    /// The effective encoding of a BYTES column.
+    pub fn bytes_encoding(&self) -> BytesEncoding {
+        self.bytes_encoding.unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -238,6 +282,17 @@ pub struct PipelineConfig {
     /// (`BeforeImageSettings.FieldName` of the DMS endpoint).
     #[serde(default = "default_before_image_field")]
     pub before_image_field: String,
+    /// What orders changes (docs/design.md, "Ordering"): `timestamp` (the
+    /// default; works with and without DMS transaction details), or the
+    /// source engine's log position with `IncludeTransactionDetails=true`:
+    /// `mysql-binlog`, `postgresql-lsn`, `sqlserver-lsn`, `oracle-scn`.
+    /// Each `[[tables]]` entry may override it.
+    #[serde(default)]
+    pub order_by: OrderBy,
+    /// How BYTES values are written in messages: `hex` (DMS's default, with
+    /// or without the `0x` prefix) or `base64`. Each column may override it.
+    #[serde(default)]
+    pub bytes_encoding: BytesEncoding,
 }
 
 impl Default for PipelineConfig {
@@ -250,6 +305,8 @@ impl Default for PipelineConfig {
             strict_routing: true,
             before_image_field: default_before_image_field(),
             shutdown_timeout: default_shutdown_timeout(),
+            order_by: OrderBy::default(),
+            bytes_encoding: BytesEncoding::default(),
         }
     }
 }
@@ -364,7 +421,19 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), message: e.to_string() })?;
         config.expand_env()?;
         config.validate()?;
+        config.resolve_defaults();
         Ok(config)
+    }
+
+    /// Fills per-table and per-column settings left unset with the global ones.
+    fn resolve_defaults(&mut self) {
+        let (order_by, bytes_encoding) = (self.pipeline.order_by, self.pipeline.bytes_encoding);
+        for t in &mut self.tables {
+            t.order_by.get_or_insert(order_by);
+            for c in &mut t.columns {
+                c.bytes_encoding.get_or_insert(bytes_encoding);
+            }
+        }
     }
 
     fn expand_env(&mut self) -> Result<(), ConfigError> {
@@ -505,6 +574,19 @@ impl Config {
             for pk in &t.primary_key {
                 if !t.columns.iter().any(|c| &c.name == pk) {
                     return Err(invalid(key("primary_key"), format!("`{pk}` is not one of the table's columns")));
+                }
+            }
+            for (j, c) in t.columns.iter().enumerate() {
+                if c.bytes_encoding.is_some() && c.ty != ColumnType::Bytes {
+                    return Err(invalid(format!("tables[{i}].columns[{j}].bytes_encoding"), "applies to BYTES columns only"));
+                }
+            }
+            for keep in &t.keep_when_missing {
+                if !t.columns.iter().any(|c| &c.name == keep) {
+                    return Err(invalid(key("keep_when_missing"), format!("`{keep}` is not one of the table's columns")));
+                }
+                if t.primary_key.contains(keep) {
+                    return Err(invalid(key("keep_when_missing"), format!("`{keep}` is a primary-key column (every change carries it)")));
                 }
             }
         }

@@ -142,9 +142,19 @@ summary_interval = "10s"
             t.source, t.log_table, t.final_table, t.primary_key
         ));
         for c in &t.columns {
-            s.push_str(&format!("  {{ name = \"{}\", type = \"{}\" }},\n", c.name, c.ty.sql_name()));
+            let encoding = match c.bytes_encoding {
+                Some(e) => format!(", bytes_encoding = \"{}\"", e.name()),
+                None => String::new(),
+            };
+            s.push_str(&format!("  {{ name = \"{}\", type = \"{}\"{encoding} }},\n", c.name, c.ty.sql_name()));
         }
         s.push_str("]\n");
+        if let Some(order_by) = t.order_by {
+            s.push_str(&format!("order_by = \"{}\"\n", order_by.name()));
+        }
+        if !t.keep_when_missing.is_empty() {
+            s.push_str(&format!("keep_when_missing = {:?}\n", t.keep_when_missing));
+        }
     }
     s
 }

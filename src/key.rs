@@ -1,43 +1,64 @@
-//! The dedup key: a blake3 hash of a change's content.
+//! The dedup key: a blake3 hash that names one change.
 //!
-//! Guarantee: the key is a pure function of the change's content (source
-//! table, operation, DMS timestamp and transaction details, the data and the
-//! before image, with JSON object keys in sorted order), never of where or
-//! when it was read. The same change redelivered by Kafka, or published twice
-//! by DMS, gets the same key on any node and after any restart. The key is the
-//! WAL key, the insertId (64 hex characters, within BigQuery's 128) and the
+//! Guarantee (docs/design.md, "Change identity"): the key is a pure function
+//! of the change and, where the change cannot name itself, of where Kafka
+//! holds it; never of when it was read. The same delivery read twice gets the
+//! same key on any node and after any restart. The key is the WAL key, the
+//! insertId (64 hex characters, within BigQuery's 128) and the
 //! `_landfall_key` column the MERGE de-duplicates by.
 //!
-//! Two distinct changes share a key only if their content is identical,
-//! including `metadata.timestamp` (microseconds): see docs/design.md, "Dedup key".
+//! * **With DMS transaction details** (`transaction-id` and
+//!   `transaction-record-id`): the source names the change. The key hashes
+//!   table, operation, transaction id, record number, stream position,
+//!   commit timestamp and the content, but not `metadata.timestamp` (when DMS
+//!   built the message) nor the Kafka position: a redelivery, a duplicate
+//!   publication and a re-publication after a DMS task restart all get the
+//!   key of the original and are absorbed.
+//! * **Without them** (the DMS default): identical content is not one change
+//!   (a row updated B -> A -> B in one transaction shares its timestamp and
+//!   content with itself), so the key adds the Kafka topic, partition and
+//!   offset. A redelivery of the same offset is absorbed; a copy at another
+//!   offset is a second change with the same content, which the ordering
+//!   rules make harmless (docs/design.md proves when).
 
 use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::decode::row::Coords;
+use crate::decode::row::{Coords, Part};
 use crate::decode::Change;
 
-/// Domain separation: changing the derivation means changing this string.
-const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v1";
+/// Domain separation: changing the derivation means changing these strings.
+const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v2";
 const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v1";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DedupKey(pub [u8; 32]);
 
 impl DedupKey {
-    /// The key of part `part` of a change (0: the change itself; 1: the delete
-    /// of the old primary key when an update changed the key).
-    pub fn of_change(c: &Change, part: u8) -> DedupKey {
+    /// The key of part `part` of a change read at `at`.
+    pub fn of_change(c: &Change, at: &Coords, part: Part) -> DedupKey {
         let mut h = blake3::Hasher::new_derive_key(CHANGE_CONTEXT);
         field(&mut h, c.schema.as_bytes());
         field(&mut h, c.table.as_bytes());
         field(&mut h, c.operation.as_bytes());
-        field(&mut h, c.timestamp.as_bytes());
-        opt_field(&mut h, c.commit_timestamp.as_deref());
-        opt_field(&mut h, c.stream_position.as_deref());
-        opt_field(&mut h, c.transaction_id.as_deref());
-        opt_field(&mut h, c.transaction_record_id.as_deref());
+        if c.has_transaction_details() {
+            h.update(b"T");
+            opt_field(&mut h, c.transaction_id.as_deref());
+            opt_field(&mut h, c.transaction_record_id.as_deref());
+            opt_field(&mut h, c.stream_position.as_deref());
+            opt_field(&mut h, c.commit_timestamp.as_deref());
+        } else {
+            h.update(b"K");
+            field(&mut h, c.timestamp.as_bytes());
+            opt_field(&mut h, c.commit_timestamp.as_deref());
+            opt_field(&mut h, c.stream_position.as_deref());
+            opt_field(&mut h, c.transaction_id.as_deref());
+            opt_field(&mut h, c.transaction_record_id.as_deref());
+            field(&mut h, at.topic.as_bytes());
+            h.update(&at.partition.to_be_bytes());
+            h.update(&at.offset.to_be_bytes());
+        }
         let mut buf = Vec::with_capacity(256);
         canonical_object(&mut buf, &c.data);
         field(&mut h, &buf);
@@ -52,7 +73,7 @@ impl DedupKey {
                 h.update(&[0]);
             }
         }
-        h.update(&[part]);
+        h.update(&[part as u8]);
         DedupKey(*h.finalize().as_bytes())
     }
 
@@ -167,17 +188,24 @@ mod tests {
     }
 
     const A: &str = r#"{"data":{"id":1,"name":"a","tags":{"y":1,"x":2}},"metadata":{"timestamp":"2026-11-27T03:28:32.000001Z","record-type":"data","operation":"update","schema-name":"s","table-name":"t"}}"#;
+    const TX: &str = r#"{"data":{"id":1,"name":"a"},"metadata":{"timestamp":"2026-11-27T03:28:32.000001Z","record-type":"data","operation":"update","schema-name":"s","table-name":"t","transaction-id":"77","transaction-record-id":3,"stream-position":"0/1A0","commit-timestamp":"2026-11-27T03:28:31Z"}}"#;
 
-    #[test]
-    fn same_content_same_key_regardless_of_formatting_and_key_order() {
-        let reordered = r#"{ "metadata": {"table-name":"t","schema-name":"s","operation":"update","record-type":"data","timestamp":"2026-11-27T03:28:32.000001Z"},
-            "data": {"tags":{"x":2,"y":1}, "name":"a", "id":1} }"#;
-        assert_eq!(DedupKey::of_change(&change(A), 0), DedupKey::of_change(&change(reordered), 0));
+    fn at(partition: i32, offset: i64) -> Coords {
+        Coords { topic: "dms".into(), partition, offset }
     }
 
     #[test]
-    fn any_content_difference_changes_the_key() {
-        let base = DedupKey::of_change(&change(A), 0);
+    fn same_delivery_same_key_regardless_of_formatting_and_key_order() {
+        let reordered = r#"{ "metadata": {"table-name":"t","schema-name":"s","operation":"update","record-type":"data","timestamp":"2026-11-27T03:28:32.000001Z"},
+            "data": {"tags":{"x":2,"y":1}, "name":"a", "id":1} }"#;
+        assert_eq!(DedupKey::of_change(&change(A), &at(0, 5), Part::Change), DedupKey::of_change(&change(reordered), &at(0, 5), Part::Change));
+    }
+
+    #[test]
+    fn without_transaction_details_the_kafka_position_is_part_of_the_identity() {
+        let base = DedupKey::of_change(&change(A), &at(0, 5), Part::Change);
+        assert_ne!(DedupKey::of_change(&change(A), &at(0, 6), Part::Change), base, "a genuine repeat at another offset");
+        assert_ne!(DedupKey::of_change(&change(A), &at(1, 5), Part::Change), base);
         for variant in [
             A.replace("\"a\"", "\"b\""),
             A.replace(".000001Z", ".000002Z"),
@@ -186,14 +214,30 @@ mod tests {
             A.replace("\"t\"", "\"t2\""),
             A.replace("\"x\":2", "\"x\":3"),
         ] {
-            assert_ne!(DedupKey::of_change(&change(&variant), 0), base, "{variant}");
+            assert_ne!(DedupKey::of_change(&change(&variant), &at(0, 5), Part::Change), base, "{variant}");
         }
-        assert_ne!(DedupKey::of_change(&change(A), 1), base);
+        assert_ne!(DedupKey::of_change(&change(A), &at(0, 5), Part::OldKeyDelete), base);
+    }
+
+    #[test]
+    fn with_transaction_details_the_source_position_is_the_identity() {
+        let base = DedupKey::of_change(&change(TX), &at(0, 5), Part::Change);
+        // A copy at another offset, or rebuilt by DMS later (new metadata.timestamp), is the same change.
+        assert_eq!(DedupKey::of_change(&change(TX), &at(3, 900), Part::Change), base);
+        assert_eq!(DedupKey::of_change(&change(&TX.replace(".000001Z", ".999999Z")), &at(0, 6), Part::Change), base);
+        for variant in [
+            TX.replace("\"transaction-record-id\":3", "\"transaction-record-id\":4"),
+            TX.replace("\"77\"", "\"78\""),
+            TX.replace("0/1A0", "0/1A1"),
+            TX.replace("\"a\"", "\"b\""),
+        ] {
+            assert_ne!(DedupKey::of_change(&change(&variant), &at(0, 5), Part::Change), base, "{variant}");
+        }
     }
 
     #[test]
     fn hex_round_trip_and_insert_id_length() {
-        let k = DedupKey::of_change(&change(A), 0);
+        let k = DedupKey::of_change(&change(A), &at(0, 1), Part::Change);
         let hex = k.to_hex();
         assert_eq!(hex.len(), 64);
         assert!(hex.len() <= 128, "BigQuery insertId limit");

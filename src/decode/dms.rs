@@ -48,7 +48,7 @@ struct Metadata {
 /// DMS puts the before image under (`BeforeImageSettings.FieldName`).
 pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejection> {
     let text = std::str::from_utf8(payload).map_err(|e| Rejection::NotUtf8(e.to_string()))?;
-    let root: Value = serde_json::from_str::<Strict>(text).map_err(|e| Rejection::NotJson(e.to_string()))?.0;
+    let root = parse_message(text)?;
     if !root.is_object() {
         return Err(Rejection::NotEnvelope("top level is not a JSON object".into()));
     }
@@ -109,6 +109,76 @@ pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejec
     }
 }
 
+/// Parses a message: strict JSON, plus bare `NaN`, `Infinity` and
+/// `-Infinity` tokens (written by some producers for non-finite floats),
+/// which become strings marked with [`value::NON_FINITE_MARK`].
+fn parse_message(text: &str) -> Result<Value, Rejection> {
+    match parse_strict(text) {
+        Ok(v) => Ok(v),
+        Err(first) => match rewrite_non_finite(text) {
+            Some(rewritten) => parse_strict(&rewritten).map_err(|_| Rejection::NotJson(first)),
+            None => Err(Rejection::NotJson(first)),
+        },
+    }
+}
+
+/// Parses JSON text exactly (numbers keep their decimal text) and rejects
+/// duplicate object keys.
+pub fn parse_strict(text: &str) -> Result<Value, String> {
+    serde_json::from_str::<Strict>(text).map(|s| s.0).map_err(|e| e.to_string())
+}
+
+/// `text` with every bare `NaN`, `Infinity`, `-Infinity` token outside
+/// strings replaced by a marked string; `None` if there is none.
+fn rewrite_non_finite(text: &str) -> Option<String> {
+    if !(text.contains("NaN") || text.contains("Infinity")) {
+        return None;
+    }
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + 64);
+    let (mut i, mut last, mut in_string) = (0, 0, false);
+    'scan: while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 2,
+                b'"' => {
+                    in_string = false;
+                    i += 1
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        for token in ["-Infinity", "Infinity", "NaN"] {
+            if b[i..].starts_with(token.as_bytes()) {
+                out.push_str(&text[last..i]);
+                out.push('"');
+                out.push_str(&value::NON_FINITE_MARK.replace('\u{0}', "\\u0000"));
+                out.push_str(token);
+                out.push('"');
+                i += token.len();
+                last = i;
+                continue 'scan;
+            }
+        }
+        i += 1;
+    }
+    (last > 0).then(|| {
+        out.push_str(&text[last..]);
+        out
+    })
+}
+
+/// The key serde_json (with `arbitrary_precision`) uses to hand a number's
+/// text to a visitor.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// A JSON value that rejects duplicate object keys: `{"id":1,"id":2}` is
 /// ambiguous (parsers disagree on which wins), so it is dead-lettered rather
 /// than guessed.
@@ -161,7 +231,14 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        let mut first = true;
         while let Some(key) = map.next_key::<String>()? {
+            if first && key == NUMBER_TOKEN {
+                let text: String = map.next_value()?;
+                let n: serde_json::Number = text.parse().map_err(serde::de::Error::custom)?;
+                return Ok(Value::Number(n));
+            }
+            first = false;
             let Strict(v) = map.next_value()?;
             if out.insert(key.clone(), v).is_some() {
                 let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
@@ -228,6 +305,17 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_digits_and_bare_non_finite_tokens_are_marked() {
+        let data = r#"{"id":12345678901234567890123,"amount":83764483.396630768,"f":NaN,"g":-Infinity,"s":"NaN \" Infinity"}"#;
+        let Decoded::Row(c) = decode(&msg("insert", data), "before-image").unwrap() else { panic!() };
+        assert_eq!(c.data["id"].to_string(), "12345678901234567890123");
+        assert_eq!(c.data["amount"].to_string(), "83764483.396630768");
+        assert_eq!(c.data["f"], Value::String(format!("{}NaN", value::NON_FINITE_MARK)));
+        assert_eq!(c.data["g"], Value::String(format!("{}-Infinity", value::NON_FINITE_MARK)));
+        assert_eq!(c.data["s"], "NaN \" Infinity");
+    }
+
+    #[test]
     fn control_records_are_recognised() {
         for op in CONTROL_OPERATIONS {
             let text = format!(
@@ -251,6 +339,7 @@ mod tests {
             (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"ddl","operation":"insert"}}"#.to_vec(), "record-type"),
             (br#"{"data":{},"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"data","operation":"insert","table-name":"t"}}"#.to_vec(), "schema-name"),
             ("[".repeat(10_000).into_bytes(), "not valid JSON"),
+            (msg("insert", r#"{"id":NaNa}"#), "not valid JSON"),
             (msg("insert", r#"{"id":1,"id":2}"#), "duplicate key \"id\""),
             (br#"{"data":{},"data":{},"metadata":{}}"#.to_vec(), "duplicate key"),
         ];

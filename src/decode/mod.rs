@@ -6,6 +6,7 @@
 
 pub mod dms;
 pub mod ident;
+pub mod position;
 pub mod row;
 pub mod value;
 
@@ -55,6 +56,15 @@ pub struct Change {
     pub transaction_record_id: Option<String>,
 }
 
+impl Change {
+    /// Whether DMS sent transaction details that name this change in the
+    /// source (`IncludeTransactionDetails=true`): a transaction id and the
+    /// change's record number within it.
+    pub fn has_transaction_details(&self) -> bool {
+        self.transaction_id.is_some() && self.transaction_record_id.is_some()
+    }
+}
+
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
@@ -90,6 +100,8 @@ pub enum Rejection {
     Identifier(#[from] ident::IdentError),
     #[error("column `{column}` is not configured for table `{table}` (add it to the table's columns)")]
     UnknownColumn { table: String, column: String },
+    #[error("column `{column}` is named twice in one message (`{first}` and `{second}` differ only by case): ambiguous")]
+    AmbiguousColumn { column: String, first: String, second: String },
     #[error("primary-key column `{0}` is missing or NULL")]
     MissingPrimaryKey(String),
     #[error("column `{column}`: {message}")]
@@ -98,6 +110,62 @@ pub enum Rejection {
     BadMetadata { field: &'static str, message: String },
     #[error("BigQuery rejected the row: {0}")]
     RejectedBySink(String),
+}
+
+/// How a BYTES column's values are written in the message
+/// (`pipeline.bytes_encoding`, overridable per column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BytesEncoding {
+    /// Hexadecimal with an optional `0x`/`0X` prefix: what DMS sends for
+    /// LOB/RAW data by default (`NoHexPrefix=false` adds the prefix).
+    #[default]
+    Hex,
+    /// Standard base64 (with padding).
+    Base64,
+}
+
+impl BytesEncoding {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            BytesEncoding::Hex => "hex",
+            BytesEncoding::Base64 => "base64",
+        }
+    }
+}
+
+/// What orders the changes of one table (`pipeline.order_by`, overridable
+/// per table). See docs/design.md, "Ordering".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderBy {
+    /// `metadata.timestamp`, then the Kafka partition and offset. Works with
+    /// and without DMS transaction details; positions are never compared.
+    #[default]
+    Timestamp,
+    /// `metadata.stream-position` as a MySQL binlog position
+    /// (`<file>.<sequence>:<offset>[:...]`), then `transaction-record-id`.
+    MysqlBinlog,
+    /// A PostgreSQL LSN (`XXXXXXXX/XXXXXXXX`, hexadecimal).
+    PostgresqlLsn,
+    /// A SQL Server LSN (`XXXXXXXX:XXXXXXXX:XXXX`, hexadecimal).
+    SqlserverLsn,
+    /// An Oracle SCN (decimal).
+    OracleScn,
+}
+
+impl OrderBy {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderBy::Timestamp => "timestamp",
+            OrderBy::MysqlBinlog => "mysql-binlog",
+            OrderBy::PostgresqlLsn => "postgresql-lsn",
+            OrderBy::SqlserverLsn => "sqlserver-lsn",
+            OrderBy::OracleScn => "oracle-scn",
+        }
+    }
 }
 
 /// A BigQuery column type, as written in the config (`type = "INT64"`).

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ident, value, Change, Op, Rejection};
+use super::{ident, position, value, Change, Op, OrderBy, Rejection};
 use crate::config::TableConfig;
 use crate::key::DedupKey;
 
@@ -39,62 +39,62 @@ pub struct LogRow {
     pub json: Map<String, Value>,
 }
 
-/// The total order of changes to one primary key, as a string compared
-/// byte-wise (docs/design.md, "Ordering"):
-///
-/// 1. `p` + the source log position (`metadata.stream-position`) with every
-///    run of decimal digits compared by numeric value, when the envelope has one;
-///    else `t` + `metadata.timestamp` in microseconds, zero-padded;
-/// 2. then the Kafka partition and offset, zero-padded, as tie-breakers.
-pub fn order_value(change: &Change, partition: i32, offset: i64) -> String {
-    let mut out = String::with_capacity(64);
-    match &change.stream_position {
-        Some(pos) => {
-            out.push('p');
-            push_natural(&mut out, pos);
-        }
-        None => {
-            out.push('t');
-            // Shift so that timestamps before 1970 still sort correctly.
-            let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
-            out.push_str(&format!("{shifted:020}"));
-        }
-    }
-    out.push_str(&format!("/{:010}/{:020}", partition.max(0), offset.max(0)));
-    out
+/// Whether a log row is the change itself or the delete of the old primary
+/// key that an update changing the key implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Change = 0,
+    /// Sorts after every change with the same timestamp or position, in any
+    /// partition: the old key's earlier changes may sit in another partition
+    /// (DMS partitions by the new key), and only the row's own order is known.
+    OldKeyDelete = 1,
 }
 
-/// Appends `s` with every run of ASCII digits replaced by its length (two
-/// digits) and its value without leading zeros, so that byte-wise comparison
-/// orders digit runs numerically ("9" < "10").
-fn push_natural(out: &mut String, s: &str) {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i].is_ascii_digit() {
-            let start = i;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            let digits = s[start..i].trim_start_matches('0');
-            let digits = if digits.is_empty() { "0" } else { digits };
-            // '~' marks a number; runs longer than 99 digits compare as text.
-            out.push('~');
-            out.push_str(&format!("{:02}", digits.len().min(99)));
-            out.push_str(digits);
-        } else {
-            let c = s[i..].chars().next().unwrap_or('?');
-            out.push(c);
-            i += c.len_utf8();
+/// The total order of changes to one primary key, as a string compared
+/// byte-wise (docs/design.md, "Ordering"). One table uses one form, fixed by
+/// its `order_by`, so two forms are never compared:
+///
+/// * `timestamp`: `t`, `metadata.timestamp` in microseconds, the [`Part`],
+///   then the Kafka partition and offset;
+/// * a position format: `p`, the normalized `metadata.stream-position`
+///   ([`super::position`]), `transaction-record-id`, the [`Part`], then the
+///   Kafka partition and offset. A change without a position is rejected.
+pub fn order_value(change: &Change, order_by: OrderBy, part: Part, partition: i32, offset: i64) -> Result<String, Rejection> {
+    let mut out = String::with_capacity(96);
+    match order_by {
+        OrderBy::Timestamp => {
+            // Shift so that timestamps before 1970 still sort correctly.
+            let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
+            out.push_str(&format!("t{shifted:020}"));
+        }
+        format => {
+            let pos = change.stream_position.as_deref().ok_or_else(|| Rejection::BadMetadata {
+                field: "stream-position",
+                message: format!(
+                    "missing, but the table is ordered by {} positions (enable IncludeTransactionDetails on the DMS endpoint, or set order_by = \"timestamp\")",
+                    format.name()
+                ),
+            })?;
+            let normalized = position::normalize(format, pos).map_err(|message| Rejection::BadMetadata { field: "stream-position", message })?;
+            let record = match change.transaction_record_id.as_deref() {
+                None => 0,
+                Some(r) => r.trim().parse::<u64>().map_err(|_| Rejection::BadMetadata {
+                    field: "transaction-record-id",
+                    message: "must be a non-negative integer".into(),
+                })?,
+            };
+            out.push_str(&format!("p{normalized}/{record:020}"));
         }
     }
+    out.push_str(&format!("/{}/{:010}/{:020}", part as u8, partition.max(0), offset.max(0)));
+    Ok(out)
 }
 
 /// Builds the log row(s) of a change for the table `route`.
 pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<LogRow>, Rejection> {
     let columns = convert_columns(&change.data, route)?;
     let pk = primary_key(&columns, route)?;
-    let order = order_value(change, at.partition, at.offset);
+    let order_by = route.order_by();
     let mut rows = Vec::with_capacity(2);
     if change.op == Op::Upsert {
         if let Some(before) = &change.before {
@@ -102,7 +102,8 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
             let old = convert_columns(before, route)?;
             if let Ok(old_pk) = primary_key(&old, route) {
                 if old_pk != pk {
-                    let key = DedupKey::of_change(change, 1);
+                    let key = DedupKey::of_change(change, at, Part::OldKeyDelete);
+                    let order = order_value(change, order_by, Part::OldKeyDelete, at.partition, at.offset)?;
                     let mut old_row = old_pk.into_iter().collect::<Map<_, _>>();
                     bookkeeping(&mut old_row, key, Op::Delete, &order, change, at);
                     rows.push(LogRow { key, json: old_row });
@@ -110,7 +111,8 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
             }
         }
     }
-    let key = DedupKey::of_change(change, 0);
+    let key = DedupKey::of_change(change, at, Part::Change);
+    let order = order_value(change, order_by, Part::Change, at.partition, at.offset)?;
     let mut json = columns;
     bookkeeping(&mut json, key, change.op, &order, change, at);
     rows.push(LogRow { key, json });
@@ -128,8 +130,14 @@ fn bookkeeping(row: &mut Map<String, Value>, key: DedupKey, op: Op, order: &str,
 }
 
 /// Maps message columns onto the configured ones and converts their values.
+///
+/// A message name matches a configured column exactly or, failing that,
+/// ignoring ASCII case (sources differ in how they case names). Two message
+/// names that land on one column (`{"ID":1,"id":2}`) are ambiguous: rejected,
+/// like duplicate keys, rather than guessed.
 fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map<String, Value>, Rejection> {
     let mut out = Map::new();
+    let mut seen: Vec<(&str, &str)> = Vec::with_capacity(data.len());
     for (name, v) in data {
         let column =
             route.columns.iter().find(|c| &c.name == name).or_else(|| route.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)));
@@ -137,7 +145,11 @@ fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map
             ident::validate_column(name)?;
             return Err(Rejection::UnknownColumn { table: route.source.clone(), column: name.clone() });
         };
-        let converted = value::convert(column.ty, v).map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
+        if let Some((other, _)) = seen.iter().find(|(_, c)| *c == column.name) {
+            return Err(Rejection::AmbiguousColumn { column: column.name.clone(), first: (*other).to_owned(), second: name.clone() });
+        }
+        seen.push((name, &column.name));
+        let converted = value::convert(column, v).map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
         if !converted.is_null() {
             out.insert(column.name.clone(), converted);
         }
@@ -164,16 +176,7 @@ mod tests {
     use crate::decode::{dms, ColumnType, Decoded};
 
     fn route() -> TableConfig {
-        TableConfig {
-            source: "s.t".into(),
-            log_table: "t_log".into(),
-            final_table: "t".into(),
-            primary_key: vec!["id".into()],
-            columns: vec![
-                ColumnConfig { name: "id".into(), ty: ColumnType::Int64 },
-                ColumnConfig { name: "name".into(), ty: ColumnType::String },
-            ],
-        }
+        TableConfig::new("s.t", "t_log", "t", &["id"], vec![ColumnConfig::new("id", ColumnType::Int64), ColumnConfig::new("name", ColumnType::String)])
     }
 
     fn change(op: &str, data: &str, extra: &str) -> Change {
@@ -214,6 +217,11 @@ mod tests {
         assert_eq!(err, Rejection::MissingPrimaryKey("id".into()));
         let err = build(&change("insert", r#"{"id":"one"}"#, ""), &route(), &at(1)).unwrap_err();
         assert!(matches!(err, Rejection::BadValue { .. }), "{err}");
+        let err = build(&change("insert", r#"{"ID":1,"id":2}"#, ""), &route(), &at(1)).unwrap_err();
+        assert!(matches!(err, Rejection::AmbiguousColumn { .. }), "{err}");
+        assert!(err.to_string().contains("`ID`") && err.to_string().contains("`id`"), "{err}");
+        // One spelling in another case is fine.
+        assert_eq!(build(&change("insert", r#"{"ID":1,"NAME":"x"}"#, ""), &route(), &at(1)).unwrap()[0].json["name"], "x");
     }
 
     #[test]
@@ -230,21 +238,41 @@ mod tests {
     }
 
     #[test]
-    fn order_compares_positions_numerically_then_offsets() {
+    fn order_compares_positions_by_value_then_record_then_offsets() {
+        let ord = |c: &Change, f: OrderBy, part: Part, p: i32, o: i64| order_value(c, f, part, p, o).unwrap();
         let mut a = change("update", r#"{"id":1}"#, "");
         let mut b = a.clone();
         a.stream_position = Some("bin.000009:900".into());
         b.stream_position = Some("bin.000010:15".into());
-        assert!(order_value(&a, 0, 99) < order_value(&b, 0, 1));
+        assert!(ord(&a, OrderBy::MysqlBinlog, Part::Change, 0, 99) < ord(&b, OrderBy::MysqlBinlog, Part::Change, 0, 1));
         b.stream_position = a.stream_position.clone();
-        assert!(order_value(&a, 0, 9) < order_value(&b, 0, 10));
+        a.transaction_record_id = Some("2".into());
+        b.transaction_record_id = Some("10".into());
+        assert!(ord(&a, OrderBy::MysqlBinlog, Part::Change, 0, 99) < ord(&b, OrderBy::MysqlBinlog, Part::Change, 0, 1));
+        b.transaction_record_id = a.transaction_record_id.clone();
+        assert!(ord(&a, OrderBy::MysqlBinlog, Part::Change, 0, 9) < ord(&b, OrderBy::MysqlBinlog, Part::Change, 0, 10));
+        a.stream_position = Some("0/00000199".into());
+        b.stream_position = Some("0/000001A0".into());
+        assert!(ord(&a, OrderBy::PostgresqlLsn, Part::Change, 0, 9) < ord(&b, OrderBy::PostgresqlLsn, Part::Change, 0, 1));
         let (mut c, mut d) = (a.clone(), a.clone());
-        c.stream_position = None;
-        d.stream_position = None;
         c.timestamp_micros = 999;
         d.timestamp_micros = 1000;
-        assert!(order_value(&c, 0, 50) < order_value(&d, 0, 1));
+        assert!(ord(&c, OrderBy::Timestamp, Part::Change, 0, 50) < ord(&d, OrderBy::Timestamp, Part::Change, 0, 1));
         d.timestamp_micros = -5;
-        assert!(order_value(&d, 0, 1) < order_value(&c, 0, 1));
+        assert!(ord(&d, OrderBy::Timestamp, Part::Change, 0, 1) < ord(&c, OrderBy::Timestamp, Part::Change, 0, 1));
+        // The delete of an old key sorts after every change with its timestamp, in any partition.
+        assert!(ord(&c, OrderBy::Timestamp, Part::Change, 7, 99) < ord(&c, OrderBy::Timestamp, Part::OldKeyDelete, 0, 1));
+    }
+
+    #[test]
+    fn position_ordering_rejects_changes_without_or_with_foreign_positions() {
+        let mut c = change("update", r#"{"id":1}"#, "");
+        let err = order_value(&c, OrderBy::PostgresqlLsn, Part::Change, 0, 1).unwrap_err();
+        assert!(err.to_string().contains("IncludeTransactionDetails"), "{err}");
+        c.stream_position = Some("mysql-bin.000001:4".into());
+        assert!(order_value(&c, OrderBy::PostgresqlLsn, Part::Change, 0, 1).is_err());
+        let mut route = route();
+        route.order_by = Some(OrderBy::PostgresqlLsn);
+        assert!(matches!(build(&c, &route, &at(1)), Err(Rejection::BadMetadata { field: "stream-position", .. })));
     }
 }

@@ -25,31 +25,31 @@ pub const SOURCE_SCHEMA: &str = "sales";
 /// The simulated tables, as landfall's config routes them.
 pub fn tables() -> Vec<TableConfig> {
     fn cols(c: &[(&str, ColumnType)]) -> Vec<ColumnConfig> {
-        c.iter().map(|(n, t)| ColumnConfig { name: (*n).into(), ty: *t }).collect()
+        c.iter().map(|(n, t)| ColumnConfig::new(n, *t)).collect()
     }
     use ColumnType::*;
     vec![
-        TableConfig {
-            source: format!("{SOURCE_SCHEMA}.customers"),
-            log_table: "customers_log".into(),
-            final_table: "customers".into(),
-            primary_key: vec!["id".into()],
-            columns: cols(&[("id", Int64), ("name", String), ("email", String), ("active", Bool), ("updated_at", Timestamp)]),
-        },
-        TableConfig {
-            source: format!("{SOURCE_SCHEMA}.orders"),
-            log_table: "orders_log".into(),
-            final_table: "orders".into(),
-            primary_key: vec!["order_id".into()],
-            columns: cols(&[("order_id", Int64), ("customer_id", Int64), ("status", String), ("amount", Numeric), ("note", Json)]),
-        },
-        TableConfig {
-            source: format!("{SOURCE_SCHEMA}.order_items"),
-            log_table: "order_items_log".into(),
-            final_table: "order_items".into(),
-            primary_key: vec!["order_id".into(), "line".into()],
-            columns: cols(&[("order_id", Int64), ("line", Int64), ("sku", String), ("qty", Int64), ("price", Float64)]),
-        },
+        TableConfig::new(
+            &format!("{SOURCE_SCHEMA}.customers"),
+            "customers_log",
+            "customers",
+            &["id"],
+            cols(&[("id", Int64), ("name", String), ("email", String), ("active", Bool), ("updated_at", Timestamp)]),
+        ),
+        TableConfig::new(
+            &format!("{SOURCE_SCHEMA}.orders"),
+            "orders_log",
+            "orders",
+            &["order_id"],
+            cols(&[("order_id", Int64), ("customer_id", Int64), ("status", String), ("amount", Numeric), ("note", Json)]),
+        ),
+        TableConfig::new(
+            &format!("{SOURCE_SCHEMA}.order_items"),
+            "order_items_log",
+            "order_items",
+            &["order_id", "line"],
+            cols(&[("order_id", Int64), ("line", Int64), ("sku", String), ("qty", Int64), ("price", Float64)]),
+        ),
     ]
 }
 

@@ -44,7 +44,7 @@ const NULL: &str = "NULL";
 
 /// Canonical text of a model value (as DMS sent it) for a column type.
 fn canon_model(ty: ColumnType, v: Option<&Value>) -> String {
-    match v.map(|v| value::convert(ty, v)) {
+    match v.map(|v| value::convert_as(ty, crate::decode::BytesEncoding::Hex, v)) {
         None | Some(Ok(Value::Null)) => NULL.into(),
         Some(Err(e)) => format!("<invalid: {e}>"),
         Some(Ok(v)) => canon(
