@@ -54,7 +54,7 @@ pub fn convert_as(ty: ColumnType, encoding: BytesEncoding, v: &Value) -> Result<
         // A bare NaN/Infinity token: a float for FLOAT64, its text for STRING.
         return match ty {
             ColumnType::Float64 | ColumnType::String => Ok(Value::String(word.into())),
-            _ => Err(format!("{word} is not a {} value", ty.sql_name())),
+            _ => Err(format!("{word} is not a valid {} value", ty.sql_name())),
         };
     }
     match ty {
