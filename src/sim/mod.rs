@@ -35,7 +35,7 @@
 pub mod value;
 pub mod verify;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -229,12 +229,16 @@ pub struct Simulator {
     /// Bad messages that must be dead-lettered (never copied).
     dead_letters: Vec<ExpectedDeadLetter>,
     bad_payloads: HashSet<Vec<u8>>,
+    /// Messages per transaction (by [`transaction_tag`]): the first that
+    /// many messages of a transaction in a stream are its originals.
+    txn_lengths: HashMap<String, usize>,
 }
 
 /// The per-transaction state of [`Simulator::changes`].
 struct Txn {
     timestamp: String,
     records: u64,
+    messages: usize,
     /// Keys changed away by a primary-key change in this transaction: not
     /// touched again in it (see the module docs).
     gone: BTreeSet<(usize, String)>,
@@ -268,6 +272,7 @@ impl Simulator {
             produced: 0,
             dead_letters: Vec::new(),
             bad_payloads: HashSet::new(),
+            txn_lengths: HashMap::new(),
         }
     }
 
@@ -430,11 +435,15 @@ impl Simulator {
             p.sqlserver = (p.sqlserver.0, p.sqlserver.1 + self.rng.random_range(1..0x40), 1);
         }
         self.transaction_id += self.rng.random_range(1..5);
-        Txn { timestamp: format_utc_micros(self.clock_nanos), records: 0, gone: BTreeSet::new() }
+        Txn { timestamp: format_utc_micros(self.clock_nanos), records: 0, messages: 0, gone: BTreeSet::new() }
     }
 
     fn end(&mut self, txn: &Txn) {
         self.prev_transaction = (self.transaction_id, txn.records);
+        if txn.messages > 0 {
+            let id = if self.opts.transaction_details { json!(self.transaction_id) } else { Value::Null };
+            self.txn_lengths.insert(format!("{}|{}", json!(txn.timestamp), id), txn.messages);
+        }
     }
 
     fn metadata(&self, table: usize, operation: &str, timestamp: &str) -> Map<String, Value> {
@@ -496,6 +505,7 @@ impl Simulator {
         }
         let payload = serde_json::to_vec(&Value::Object(envelope)).expect("json");
         self.produced += 1;
+        txn.messages += 1;
         let t = &self.tables[table];
         SimMessage { table: t.source.clone(), key: pk_text(t, data).into_bytes(), payload }
     }
@@ -699,25 +709,90 @@ impl Simulator {
 
     /// A random index of `msgs` at a transaction boundary.
     fn boundary(&mut self, msgs: &[SimMessage]) -> usize {
-        let bounds = transaction_bounds(msgs);
+        let bounds = self.transaction_bounds(msgs);
         bounds[self.rng.random_range(0..bounds.len())]
     }
 
+    /// Per message: its transaction tag and whether it is one of the
+    /// transaction's originals (the first `length` messages with the tag).
+    fn classify(&self, msgs: &[SimMessage]) -> Vec<(Option<String>, bool)> {
+        let mut seen: HashMap<Option<String>, usize> = HashMap::new();
+        msgs.iter()
+            .map(|m| {
+                let tag = transaction_tag(&m.payload);
+                let n = seen.entry(tag.clone()).or_default();
+                *n += 1;
+                let len = tag.as_ref().and_then(|t| self.txn_lengths.get(t)).copied().unwrap_or(1);
+                (tag, *n <= len)
+            })
+            .collect()
+    }
+
+    /// Indexes where no transaction's originals are open (every transaction
+    /// begun before has all its original messages before), plus `msgs.len()`.
+    fn transaction_bounds(&self, msgs: &[SimMessage]) -> Vec<usize> {
+        let class = self.classify(msgs);
+        let mut left: HashMap<&Option<String>, usize> = HashMap::new();
+        let mut open = 0usize;
+        let mut out = vec![0];
+        for (i, (tag, original)) in class.iter().enumerate() {
+            if *original {
+                let len = tag.as_ref().and_then(|t| self.txn_lengths.get(t)).copied().unwrap_or(1);
+                let l = left.entry(tag).or_insert_with(|| {
+                    open += 1;
+                    len
+                });
+                *l -= 1;
+                if *l == 0 {
+                    open -= 1;
+                }
+            }
+            if open == 0 {
+                out.push(i + 1);
+            }
+        }
+        out.dedup();
+        out
+    }
+
     /// Repeats about `rate` of the messages (as DMS or Kafka redeliver), each
-    /// placed at or after the end of its original's transaction. Returns how
-    /// many were added.
+    /// placed after the end of its original's transaction. A copy of a change
+    /// that is not its row's last in the transaction is only placed after a
+    /// later change of that row with a later timestamp (same key, so same
+    /// partition): right after the transaction it would look exactly like a
+    /// genuine B -> A -> B. Returns how many were added.
     pub fn duplicate(&mut self, msgs: &mut Vec<SimMessage>, rate: f64) -> usize {
-        let tags: Vec<Option<String>> = msgs.iter().map(|m| transaction_tag(&m.payload)).collect();
+        let class = self.classify(msgs);
         let mut inserts: Vec<(usize, SimMessage)> = Vec::new();
         for i in 0..msgs.len() {
             if self.bad_payloads.contains(&msgs[i].payload) || !self.rng.random_bool(rate) {
                 continue;
             }
+            let tag = &class[i].0;
+            // The end of the original's transaction.
             let mut end = i + 1;
-            while end < msgs.len() && tags[end] == tags[i] {
-                end += 1;
+            let mut last_of_key = true;
+            let mut seen = 0;
+            for (j, (t, original)) in class.iter().enumerate().skip(i + 1) {
+                if t == tag && *original {
+                    end = j + 1;
+                    if msgs[j].key == msgs[i].key {
+                        last_of_key = false;
+                    }
+                }
+                seen += 1;
+                if seen > 400 {
+                    break;
+                }
             }
-            let at = (end + self.rng.random_range(0..50)).min(msgs.len());
+            let mut earliest = end;
+            if !last_of_key {
+                match (end..msgs.len()).find(|&j| msgs[j].key == msgs[i].key && class[j].0 != *tag && class[j].1) {
+                    Some(j) => earliest = j + 1,
+                    None => continue,
+                }
+            }
+            let at = (earliest + self.rng.random_range(0..50)).min(msgs.len());
             inserts.push((at, msgs[i].clone()));
         }
         let added = inserts.len();
@@ -736,7 +811,7 @@ impl Simulator {
     pub fn republish(&mut self, msgs: &mut Vec<SimMessage>, ranges: usize) -> usize {
         let mut added = 0;
         for _ in 0..ranges {
-            let bounds = transaction_bounds(msgs);
+            let bounds = self.transaction_bounds(msgs);
             if bounds.len() < 2 {
                 break;
             }
@@ -762,14 +837,6 @@ fn transaction_tag(payload: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     let m = v.get("metadata")?;
     Some(format!("{}|{}", m.get("timestamp")?, m.get("transaction-id").unwrap_or(&Value::Null)))
-}
-
-/// Indexes where a transaction starts, plus `msgs.len()`.
-fn transaction_bounds(msgs: &[SimMessage]) -> Vec<usize> {
-    let tags: Vec<Option<String>> = msgs.iter().map(|m| transaction_tag(&m.payload)).collect();
-    let mut out: Vec<usize> = (0..msgs.len()).filter(|&i| i == 0 || tags[i] != tags[i - 1]).collect();
-    out.push(msgs.len());
-    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (as DMS writes `metadata.timestamp`).
