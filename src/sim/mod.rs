@@ -226,6 +226,9 @@ pub struct Simulator {
     pub transaction_details: bool,
     /// Distinct changes produced (messages before duplication, without dead letters).
     pub produced: usize,
+    /// Primary-key changes among them (landfall lands two rows for each:
+    /// the implied delete of the old key and the new row).
+    pub primary_key_changes: usize,
     /// Bad messages that must be dead-lettered (never copied).
     dead_letters: Vec<ExpectedDeadLetter>,
     bad_payloads: HashSet<Vec<u8>>,
@@ -270,6 +273,7 @@ impl Simulator {
             prev_transaction: (0, 0),
             next_id: 1,
             produced: 0,
+            primary_key_changes: 0,
             dead_letters: Vec::new(),
             bad_payloads: HashSet::new(),
             txn_lengths: HashMap::new(),
@@ -647,6 +651,7 @@ impl Simulator {
                 let new_pk = pk_text(&self.tables[table], &new);
                 let before = self.key_only(table, &row);
                 out.push(self.message(txn, table, "update", &new, Some(&before)));
+                self.primary_key_changes += 1;
                 self.remove_model(table, &pk);
                 txn.gone.insert((table, pk));
                 self.insert_model(table, new_pk, new);

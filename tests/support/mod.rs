@@ -198,5 +198,8 @@ impl Stack {
             .await
             .unwrap();
         assert!(v.matches(), "dead letters differ from the ones the stream was built with: {v:#?}");
+        if v.repeated > 0 || v.copies > 0 {
+            eprintln!("dead letters: {} recorded again under another key, {} copies of one key", v.repeated, v.copies);
+        }
     }
 }
