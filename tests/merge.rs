@@ -13,7 +13,7 @@ use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
 
 fn change(op: &str, id: i64, label: &str, position: u64) -> Vec<u8> {
     format!(
-        r#"{{"data":{{"id":{id},"label":"{label}"}},"metadata":{{"timestamp":"2026-11-27T03:00:00Z","record-type":"data","operation":"{op}","schema-name":"sales","table-name":"widgets","stream-position":"bin.000001:{position}"}}}}"#
+        r#"{{"data":{{"id":{id},"label":"{label}"}},"metadata":{{"timestamp":"2026-11-27T03:00:00Z","record-type":"data","operation":"{op}","schema-name":"sales","table-name":"widgets","stream-position":"bin.000001:{position}","transaction-id":"{position}","transaction-record-id":1}}}}"#
     )
     .into_bytes()
 }
@@ -58,7 +58,7 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     // 2. An older change arriving later does not overwrite the newer one;
     //    the same change under a second insertId counts once.
     let dup = ship(change("update", 1, "v2", 20), Some(DedupKey([7; 32])));
-    assert_eq!(dup.json[COL_KEY], batch[1].json[COL_KEY], "same content, same dedup key");
+    assert_eq!(dup.json[COL_KEY], batch[1].json[COL_KEY], "the same change (same transaction details) at another offset: same dedup key");
     let late = vec![ship(change("update", 1, "old", 15), None), dup, ship(change("delete", 2, "a", 5), None)];
     sink.ship(&route.log_table, &late).await.unwrap();
     let second = merger.merge_table(&route, false).await.unwrap();

@@ -21,10 +21,12 @@
 //!
 //! Two shapes are undecidable without transaction details, and the simulator
 //! never makes them:
-//! * an exact copy of a change placed inside its own transaction after a later
-//!   change of the same row (it looks exactly like a genuine B -> A -> B), so
-//!   copies go at or after the end of the original's transaction and
-//!   re-published ranges start and end at transaction boundaries;
+//! * an exact copy of a change placed after a later change of the same row
+//!   that carries the same timestamp (it looks exactly like a genuine
+//!   B -> A -> B), so a copy of a row's last change in its transaction goes
+//!   anywhere after the transaction, a copy of an earlier one only after a
+//!   later-timestamp change of that row, and re-published ranges are runs of
+//!   whole transactions appended right after the run;
 //! * re-using a primary key inside the transaction that changed it away
 //!   (landfall orders the implied delete of the old key after every change
 //!   with the same timestamp): a key changed away is not touched again in
