@@ -2,10 +2,15 @@
 //!
 //! An in-process librdkafka mock cluster (a real Kafka-protocol broker) and a
 //! local BigQuery emulator (started by `make demo`) stand in for MSK and
-//! BigQuery. The simulated source database publishes DMS messages with
-//! duplicate deliveries; the bridge runs, is stopped and started again in the
-//! middle, the tables are merged, and every final table is compared with the
-//! model. The helpers here ([`LocalKafka`], [`demo_config`], [`run_until_caught_up`])
+//! BigQuery. The simulated source database (every column type, transactions
+//! whose changes share a timestamp, repeated content, primary-key changes)
+//! publishes DMS messages with duplicate deliveries, re-published ranges and
+//! a few messages built to be dead letters; the bridge runs, is stopped and
+//! started again in the middle, the tables are merged, and every final table
+//! is compared with the source rows by the simulator's own oracle, which
+//! shares no code with landfall's decoder. It runs twice: with DMS's defaults
+//! (no transaction details, timestamp ordering) and with
+//! `IncludeTransactionDetails=true` (ordered by PostgreSQL LSN). The helpers here ([`LocalKafka`], [`demo_config`], [`run_until_caught_up`])
 //! are also what the end-to-end tests use.
 
 use std::path::Path;
@@ -22,7 +27,7 @@ use crate::merge::Merger;
 use crate::metrics::Metrics;
 use crate::pipeline::{committed_offsets, Stopped};
 use crate::service::Service;
-use crate::sim::{verify, SimMessage, Simulator};
+use crate::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::sink::BigQuery;
 
 /// A mock Kafka cluster in this process, with one topic.
@@ -160,7 +165,20 @@ summary_interval = "10s"
 }
 
 pub fn demo_config(bootstrap: &str, endpoint: &str, project: &str, dataset: &str, wal: &Path, topic: &str) -> anyhow::Result<Config> {
-    let text = demo_config_toml(bootstrap, endpoint, project, dataset, wal, &crate::sim::tables()).replace("dms.sales", topic);
+    demo_config_for(bootstrap, endpoint, project, dataset, wal, topic, &crate::sim::tables())
+}
+
+/// [`demo_config`] for the given tables.
+pub fn demo_config_for(
+    bootstrap: &str,
+    endpoint: &str,
+    project: &str,
+    dataset: &str,
+    wal: &Path,
+    topic: &str,
+    tables: &[TableConfig],
+) -> anyhow::Result<Config> {
+    let text = demo_config_toml(bootstrap, endpoint, project, dataset, wal, tables).replace("dms.sales", topic);
     Ok(Config::from_toml(&text)?)
 }
 
@@ -209,27 +227,53 @@ pub struct DemoOptions {
     pub changes: usize,
     pub duplicate_rate: f64,
     pub partitions: i32,
+    /// Run the stream with DMS transaction details (`Some(true)`), without
+    /// (`Some(false)`), or both one after the other (`None`).
+    pub transaction_details: Option<bool>,
 }
 
-/// Runs the demo; returns whether every table matched.
+/// Runs the demo; returns whether every table and the dead letters matched.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
+    let mut scenarios = Vec::new();
+    if opts.transaction_details != Some(true) {
+        scenarios.push(("DMS defaults: no transaction details, ordered by timestamp", "plain", SimOptions::without_transaction_details()));
+    }
+    if opts.transaction_details != Some(false) {
+        let details = SimOptions::ordered_by(PositionFormat::Postgresql);
+        scenarios.push(("IncludeTransactionDetails=true, ordered by PostgreSQL LSN", "txd", details));
+    }
+    let mut ok = true;
+    for (title, suffix, sim_opts) in scenarios {
+        println!("\n=== {title} ===");
+        ok &= run_scenario(&opts, &format!("{}_{suffix}", opts.dataset), sim_opts).await?;
+    }
+    println!("\n{}", if ok { "RESULT: MATCH (every final table equals the source; every dead letter is one the stream was built with)" } else { "RESULT: MISMATCH" });
+    Ok(ok)
+}
+
+async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -> anyhow::Result<bool> {
     let wal_dir = tempfile::Builder::new().prefix("landfall-demo-wal").tempdir()?;
     let kafka = LocalKafka::start("dms.sales", opts.partitions)?;
-    let cfg = Arc::new(demo_config(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, &opts.dataset, wal_dir.path(), "dms.sales")?);
-    println!("landfall demo: mock Kafka at {}, BigQuery emulator at {}", kafka.bootstrap_servers(), opts.endpoint);
+    let sim_opts = SimOptions { dead_letters: true, every_type: true, ..sim_opts };
+    let tables = crate::sim::tables_for(&sim_opts);
+    let cfg = Arc::new(demo_config_for(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, dataset, wal_dir.path(), "dms.sales", &tables)?);
+    println!("landfall demo: mock Kafka at {}, BigQuery emulator at {}, dataset {dataset}", kafka.bootstrap_servers(), opts.endpoint);
 
-    let mut sim = Simulator::new(opts.seed);
+    let mut sim = Simulator::with_options(opts.seed, sim_opts);
     let mut first = sim.full_load(opts.load_rows);
     first.extend(sim.changes(opts.changes / 2));
     let dup1 = sim.duplicate(&mut first, opts.duplicate_rate);
     let mut second = sim.changes(opts.changes - opts.changes / 2);
     let dup2 = sim.duplicate(&mut second, opts.duplicate_rate);
+    let republished = sim.republish(&mut second, 2);
     println!(
-        "source: {} tables, {} changes ({} load rows per table), {} duplicate deliveries, seed {}",
+        "source: {} tables, {} changes ({} load rows per table), {} duplicate deliveries, {} re-published messages, {} messages built to be dead letters, seed {}",
         sim.tables().len(),
         sim.produced,
         opts.load_rows,
         dup1 + dup2,
+        republished,
+        sim.expected_dead_letters().len(),
         opts.seed
     );
 
@@ -242,7 +286,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     println!("run 2: {} messages consumed, landed and committed", Metrics::get(&m2.consumed));
     let dups = Metrics::get(&m1.duplicates_absorbed) + Metrics::get(&m2.duplicates_absorbed);
     let landed = Metrics::get(&m1.landed) + Metrics::get(&m2.landed);
-    println!("WAL: {landed} rows landed, {dups} duplicate deliveries absorbed before shipping");
+    let dead = Metrics::get(&m1.dead_lettered) + Metrics::get(&m2.dead_lettered);
+    let plain = Metrics::get(&m1.changes_without_transaction_details) + Metrics::get(&m2.changes_without_transaction_details);
+    println!("WAL: {landed} rows landed, {dups} duplicate deliveries absorbed before shipping, {dead} dead letters, {plain} changes without transaction details");
 
     // Merge with the same code `landfall merge` runs.
     let bq = BigQuery::connect(&cfg.bigquery).await?;
@@ -251,9 +297,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         println!("merged {}: {} rows changed", r.table, r.affected_rows);
     }
     let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.map_err(anyhow::Error::msg)?;
+    let dead_letters = verify::verify_dead_letters(&bq, &cfg.bigquery.dead_letter_table, sim.expected_dead_letters())
+        .await
+        .map_err(anyhow::Error::msg)?;
     println!("elapsed: {:.1}s\n", t0.elapsed().as_secs_f64());
     print!("{}", verify::report(&verdicts));
-    let ok = verdicts.iter().all(|v| v.matches());
-    println!("\n{}", if ok { "RESULT: MATCH (every final table equals the source)" } else { "RESULT: MISMATCH" });
-    Ok(ok)
+    println!(
+        "dead letters: {} expected, {} in the table, {} missing, {} unexpected: {}",
+        dead_letters.expected,
+        dead_letters.found,
+        dead_letters.missing.len(),
+        dead_letters.unexpected.len(),
+        if dead_letters.matches() { "MATCH" } else { "MISMATCH" }
+    );
+    for m in dead_letters.missing.iter().chain(&dead_letters.unexpected) {
+        println!("  {m}");
+    }
+    Ok(verdicts.iter().all(|v| v.matches()) && dead_letters.matches())
 }

@@ -100,6 +100,10 @@ enum Command {
         duplicate_rate: f64,
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// Simulate DMS's default stream (no transaction details, ordered by
+        /// timestamp) instead of one with transaction details.
+        #[arg(long)]
+        no_transaction_details: bool,
         /// Keep config, WALs and logs here (default: a temp dir, kept on failure).
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -158,7 +162,19 @@ enum Command {
         duplicate_rate: f64,
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// Run the stream with DMS transaction details, without (DMS's
+        /// default), or both one after the other.
+        #[arg(long, value_enum, default_value_t = Details::Both)]
+        transaction_details: Details,
     },
+}
+
+/// Whether simulated streams carry DMS transaction details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Details {
+    On,
+    Off,
+    Both,
 }
 
 /// Logs go to stderr; `LANDFALL_LOG` takes an env-filter (e.g. `debug`).
@@ -302,6 +318,7 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             changes,
             duplicate_rate,
             partitions,
+            no_transaction_details,
             work_dir,
             json,
         } => {
@@ -325,6 +342,7 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 changes,
                 duplicate_rate,
                 partitions,
+                transaction_details: !no_transaction_details,
                 work_dir,
                 exe: std::env::current_exe()?,
             })
@@ -371,8 +389,14 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions } => {
-            let ok = demo::run(DemoOptions { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions }).await?;
+        Command::Demo { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions, transaction_details } => {
+            let transaction_details = match transaction_details {
+                Details::Both => None,
+                Details::On => Some(true),
+                Details::Off => Some(false),
+            };
+            let ok = demo::run(DemoOptions { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions, transaction_details })
+                .await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }

@@ -34,7 +34,7 @@ use crate::merge::Merger;
 use crate::metrics::Metrics;
 use crate::mock_kafka as kafka;
 use crate::pipeline::{committed_offsets, COUNTER_DUPLICATES_ABSORBED};
-use crate::sim::{verify, SimMessage, Simulator};
+use crate::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::sink::client::cell;
 use crate::sink::BigQuery;
 
@@ -52,6 +52,10 @@ pub struct DrillOptions {
     pub changes: usize,
     pub duplicate_rate: f64,
     pub partitions: i32,
+    /// Whether the simulated stream carries DMS transaction details (then
+    /// ordered by MySQL binlog position); without them, DMS's default
+    /// (ordered by timestamp, identified by Kafka position).
+    pub transaction_details: bool,
     /// Where the work files go (config, WALs, logs); a temp dir if unset.
     pub work_dir: Option<PathBuf>,
     /// The `landfall` binary to run as the bridge (built with `drill`).
@@ -182,8 +186,14 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     let topic = "dms.drill";
     let kafka = kafka::KafkaProcess::start(&opts.exe, &work, topic, opts.partitions).await?;
     let dataset = format!("drill_{}_{}", opts.seed, std::process::id());
+    let sim_opts = if opts.transaction_details {
+        SimOptions::ordered_by(PositionFormat::Mysql)
+    } else {
+        SimOptions::without_transaction_details()
+    };
+    let tables = crate::sim::tables_for(&sim_opts);
     let write_config = |name: &str, wal: &str| -> anyhow::Result<(PathBuf, Config)> {
-        let text = demo_config_toml(&kafka.bootstrap, &opts.endpoint, &opts.project, &dataset, &work.join(wal), &crate::sim::tables())
+        let text = demo_config_toml(&kafka.bootstrap, &opts.endpoint, &opts.project, &dataset, &work.join(wal), &tables)
             .replace("dms.sales", topic)
             .replace("group_id = \"landfall-demo\"", "group_id = \"landfall-drill\"")
             .replace("interval = \"0s\"", "interval = \"2s\"");
@@ -198,10 +208,11 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     let bq = BigQuery::connect(&cfg.bigquery).await?;
     bq.ensure_all(&cfg).await?;
 
-    let mut sim = Simulator::new(opts.seed);
+    let mut sim = Simulator::with_options(opts.seed, sim_opts);
     let mut msgs = sim.full_load(opts.load_rows);
     msgs.extend(sim.changes(opts.changes));
     sim.duplicate(&mut msgs, opts.duplicate_rate);
+    sim.republish(&mut msgs, 2);
     let changes_produced = sim.produced;
     let messages_produced = msgs.len();
     let points: Vec<&str> = if opts.failpoints { failpoint::ALL.to_vec() } else { Vec::new() };
