@@ -581,7 +581,16 @@ impl Config {
                     return Err(invalid(format!("tables[{i}].columns[{j}].bytes_encoding"), "applies to BYTES columns only"));
                 }
             }
-            for keep in &t.keep_when_missing {
+            if t.keep_when_missing.len() > crate::decode::row::MAX_KEEP_WHEN_MISSING {
+                return Err(invalid(
+                    key("keep_when_missing"),
+                    format!("at most {} columns (a log row records them as bits of one INT64)", crate::decode::row::MAX_KEEP_WHEN_MISSING),
+                ));
+            }
+            for (j, keep) in t.keep_when_missing.iter().enumerate() {
+                if t.keep_when_missing[..j].contains(keep) {
+                    return Err(invalid(key("keep_when_missing"), format!("`{keep}` is named twice")));
+                }
                 if !t.columns.iter().any(|c| &c.name == keep) {
                     return Err(invalid(key("keep_when_missing"), format!("`{keep}` is not one of the table's columns")));
                 }
