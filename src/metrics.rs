@@ -22,6 +22,12 @@ pub struct Metrics {
     pub landed: AtomicU64,
     /// Messages and rows recorded as dead letters.
     pub dead_lettered: AtomicU64,
+    /// Changes that arrived without DMS transaction details
+    /// (`IncludeTransactionDetails=false`): their identity includes the Kafka
+    /// position (docs/design.md, "Change identity").
+    pub changes_without_transaction_details: AtomicU64,
+    /// Tables already warned about changes without transaction details.
+    pub warned_without_transaction_details: Mutex<std::collections::BTreeSet<String>>,
     /// Control records acknowledged.
     pub control_records: AtomicU64,
     /// Changes for unrouted tables acknowledged without shipping (non-strict routing).
@@ -72,6 +78,23 @@ impl Metrics {
         c.sort();
     }
 
+    /// Counts a change without transaction details; logs a warning the first
+    /// time a table has one.
+    pub fn change_without_transaction_details(&self, source_table: &str) {
+        Self::add(&self.changes_without_transaction_details, 1);
+        let mut warned = self.warned_without_transaction_details.lock().unwrap_or_else(|e| e.into_inner());
+        if !warned.contains(source_table) {
+            warned.insert(source_table.to_owned());
+            tracing::warn!(
+                table = source_table,
+                "changes arrive without DMS transaction details (IncludeTransactionDetails=false): a change is identified by its \
+                 content and Kafka position, and a copy published inside its own transaction after a later change of the same row \
+                 cannot be told from a genuine repeat. Set IncludeTransactionDetails=true on the DMS Kafka endpoint (README, \
+                 \"Recommended DMS settings\"). Counted in changes_without_transaction_details."
+            );
+        }
+    }
+
     /// Logs one line with every counter.
     pub fn log_summary(&self) {
         let g = Self::get;
@@ -85,6 +108,7 @@ impl Metrics {
             landed = g(&self.landed),
             dead_lettered = g(&self.dead_lettered),
             control_records = g(&self.control_records),
+            changes_without_transaction_details = g(&self.changes_without_transaction_details),
             skipped = g(&self.skipped),
             requests = g(&self.requests),
             request_retries = g(&self.request_retries),

@@ -112,6 +112,9 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
             Decoded::Row(change) => match cfg.route(&change.schema, &change.table) {
                 Some(route) => {
                     let rows = row::build(&change, route, &at)?;
+                    if !change.has_transaction_details() {
+                        metrics.change_without_transaction_details(&route.source);
+                    }
                     Ok(Plan::Rows(rows.into_iter().map(|r| (route.log_table.clone(), r)).collect()))
                 }
                 None if cfg.pipeline.strict_routing => Err(Rejection::Unrouted(format!("{}.{}", change.schema, change.table))),

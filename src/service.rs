@@ -41,6 +41,7 @@ impl Service {
     /// timer. With `[sink] kind = "discard"` BigQuery is not contacted.
     pub async fn start(cfg: Arc<Config>) -> Result<Service, StartError> {
         let wal = Wal::open_with(&cfg.wal.path, cfg.wal.cache_bytes)?;
+        pin_settings(&wal, &cfg)?;
         let metrics: SharedMetrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
@@ -78,4 +79,15 @@ impl Service {
         }
         result
     }
+}
+
+/// Refuses to start when a setting the WAL's keys or the tables' ordering
+/// values depend on changed since they were written (docs/design.md,
+/// "Ordering": two orderings are never compared).
+pub fn pin_settings(wal: &Wal, cfg: &Config) -> Result<(), crate::log::WalError> {
+    wal.pin_setting("key-derivation", crate::key::DERIVATION, Some(crate::key::LEGACY_DERIVATION))?;
+    for t in &cfg.tables {
+        wal.pin_setting(&format!("order_by:{}", t.final_table), t.order_by().name(), None)?;
+    }
+    Ok(())
 }

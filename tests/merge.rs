@@ -24,7 +24,7 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     let stack = support::Stack::start(
         "merge",
         1,
-        support::WIDGETS,
+        support::WIDGETS_BY_POSITION,
         &[("overlap = \"5m\"", "overlap = \"6s\""), ("request_timeout = \"30s\"", "request_timeout = \"5s\"")],
     )
     .await;

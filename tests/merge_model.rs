@@ -39,7 +39,7 @@ fn payload(c: &Change, position: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_state_equals_source_order_whatever_the_delivery() {
-    let stack = support::Stack::start("mergemodel", 1, support::WIDGETS, &[]).await;
+    let stack = support::Stack::start("mergemodel", 1, support::WIDGETS_BY_POSITION, &[]).await;
     let route = stack.cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap().clone();
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink = BigQuerySink::new(stack.bq.clone(), &stack.cfg.bigquery, rx, std::sync::Arc::new(Metrics::default()));

@@ -37,6 +37,8 @@
 //! * `r` + topic + 0x00 + partition + offset -> when that dead letter was re-driven
 //! * `meta:format` -> the WAL layout version
 //! * `meta:count:` + name -> a persistent counter (u64, big-endian)
+//! * `meta:setting:` + name -> a setting the records depend on (the key
+//!   derivation, each table's `order_by`), pinned on first use
 
 pub mod record;
 
@@ -61,6 +63,12 @@ pub enum WalError {
     Incompatible { path: String, found: u8 },
     #[error("WAL record under {key} is damaged ({source}); the WAL at wal.path needs repair: move it away and let Kafka redeliver from the last committed offset")]
     Corrupt { key: String, source: record::FormatError },
+    #[error(
+        "the WAL at wal.path and the tables were written with {setting} = {stored}, and this start asks for {configured}: \
+         keys or ordering values of one kind cannot be compared with the other. Restore the setting, or start afresh for this \
+         table (new log and final tables, and an empty WAL)"
+    )]
+    SettingChanged { setting: String, stored: String, configured: String },
 }
 
 /// What the WAL knows about a dedup key.
@@ -291,6 +299,29 @@ impl Wal {
         Ok(())
     }
 
+    /// Pins `value` for the setting `name`: recorded on first use (durably),
+    /// an error if the WAL recorded another value. `legacy` is what a WAL
+    /// that already holds records but never recorded the setting was written
+    /// with (`None`: such a WAL simply records `value`).
+    pub fn pin_setting(&self, name: &str, value: &str, legacy: Option<&str>) -> Result<(), WalError> {
+        let key = [b"meta:setting:", name.as_bytes()].concat();
+        let stored = match self.tree.get(&key)? {
+            Some(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+            None => legacy.filter(|_| self.tree.iter().keys().any(|k| k.is_ok_and(|k| !k.starts_with(b"meta:")))).map(str::to_owned),
+        };
+        match stored {
+            Some(stored) if stored != value => {
+                Err(WalError::SettingChanged { setting: name.to_owned(), stored, configured: value.to_owned() })
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.tree.insert(key, value.as_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+        }
+    }
+
     fn record(&self, key: &DedupKey) -> Result<Option<Record>, WalError> {
         match self.tree.get(ckey(b'c', key))? {
             None => Ok(None),
@@ -506,6 +537,30 @@ mod tests {
 
     fn rec(row: &str) -> PendingRecord {
         PendingRecord { table: "t".into(), row: row.as_bytes().to_vec(), written_at_ms: 1 }
+    }
+
+    #[test]
+    fn pinned_settings_survive_reopen_and_refuse_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path()).unwrap();
+            wal.pin_setting("order_by:t", "timestamp", None).unwrap();
+            wal.pin_setting("order_by:t", "timestamp", None).unwrap();
+        }
+        let wal = Wal::open(dir.path()).unwrap();
+        wal.pin_setting("order_by:t", "timestamp", None).unwrap();
+        let err = wal.pin_setting("order_by:t", "postgresql-lsn", None).unwrap_err();
+        assert!(matches!(&err, WalError::SettingChanged { stored, .. } if stored == "timestamp"), "{err}");
+        assert!(err.to_string().contains("Restore the setting"), "{err}");
+        // An empty WAL takes any new setting; one with records and no pin was
+        // written by the legacy derivation.
+        wal.pin_setting("key-derivation", "v2", Some("v1")).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let old = Wal::open(other.path()).unwrap();
+        let mut b = WalBatch::default();
+        b.landed(&key(1), 5);
+        old.commit(b).unwrap();
+        assert!(matches!(old.pin_setting("key-derivation", "v2", Some("v1")), Err(WalError::SettingChanged { .. })));
     }
 
     #[test]

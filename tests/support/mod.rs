@@ -118,6 +118,18 @@ primary_key = ["id"]
 columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
 "#;
 
+/// [`WIDGETS`] ordered by MySQL binlog position (the tests' messages carry
+/// `stream-position` and share one timestamp).
+pub const WIDGETS_BY_POSITION: &str = r#"
+[[tables]]
+source = "sales.widgets"
+log_table = "widgets_log"
+final_table = "widgets"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
+order_by = "mysql-binlog"
+"#;
+
 /// Everything a test needs: a mock Kafka topic, a WAL directory, a fresh
 /// dataset with its tables, and the config tying them together.
 pub struct Stack {
