@@ -757,6 +757,22 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
     }
 
     #[test]
+    fn keep_when_missing_is_validated() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        let with = |keep: &str| EXAMPLE.replace("primary_key = [\"id\"]", &format!("primary_key = [\"id\"]\nkeep_when_missing = {keep}"));
+        assert_eq!(Config::from_toml(&with(r#"["name"]"#)).unwrap().tables[0].keep_when_missing, vec!["name".to_string()]);
+        for (keep, why) in
+            [(r#"["nope"]"#, "not one of the table's columns"), (r#"["id"]"#, "primary-key column"), (r#"["name", "name"]"#, "named twice")]
+        {
+            let err = Config::from_toml(&with(keep)).unwrap_err().to_string();
+            assert!(err.contains("tables[0].keep_when_missing") && err.contains(why), "{keep}: {err}");
+        }
+        let many = format!("{:?}", vec!["name"; 64]);
+        let err = Config::from_toml(&with(&many)).unwrap_err().to_string();
+        assert!(err.contains("at most 63"), "{err}");
+    }
+
+    #[test]
     fn missing_env_var_is_named() {
         let text = EXAMPLE.replace("LANDFALL_TEST_SECRET", "LANDFALL_SURELY_UNSET_VAR");
         let err = Config::from_toml(&text).unwrap_err().to_string();

@@ -56,11 +56,14 @@ async fn keep_columns_survive_updates_that_leave_them_out() {
         }
     };
     let final_rows = || async {
-        support::rows(bq, &format!("SELECT id, label, body, IF(meta IS NULL, NULL, TO_JSON_STRING(meta)) FROM {} ORDER BY id", stack.table("docs")))
-            .await
-            .into_iter()
-            .map(|r| (r[0].as_deref().unwrap().parse().unwrap(), r[1].clone(), r[2].clone(), r[3].clone()))
-            .collect::<Vec<Row>>()
+        support::rows(
+            bq,
+            &format!("SELECT id, label, body, IF(meta IS NULL, NULL, TO_JSON_STRING(meta)) FROM {} ORDER BY id", stack.table("docs")),
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0].as_deref().unwrap().parse().unwrap(), r[1].clone(), r[2].clone(), r[3].clone()))
+        .collect::<Vec<Row>>()
     };
     let row = |id: i64, label: Option<&str>, body: Option<&str>, meta: Option<&str>| -> Row {
         (id, label.map(Into::into), body.map(Into::into), meta.map(Into::into))
@@ -132,8 +135,7 @@ async fn keep_columns_survive_updates_that_leave_them_out() {
     //    kept value, so a later update without it (a row DMS re-creates) is NULL,
     //    and a re-insert without it is NULL too.
     land_and_merge(vec![ship(msg("delete", r#""id":1"#, 50)), ship(msg("delete", r#""id":10"#, 51))]).await;
-    land_and_merge(vec![ship(msg("update", r#""id":1,"label":"back""#, 60)), ship(msg("insert", r#""id":10,"label":"again""#, 61))])
-        .await;
+    land_and_merge(vec![ship(msg("update", r#""id":1,"label":"back""#, 60)), ship(msg("insert", r#""id":10,"label":"again""#, 61))]).await;
     let rows = final_rows().await;
     assert_eq!(rows[0], row(1, Some("back"), None, None));
     assert_eq!(rows[3], row(10, Some("again"), None, None));

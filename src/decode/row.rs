@@ -148,10 +148,12 @@ fn missing_keep_columns(change: &Change, route: &TableConfig) -> Option<i64> {
     if change.op != Op::Upsert || change.operation != "update" {
         return None;
     }
-    let mask = route.keep_when_missing.iter().take(MAX_KEEP_WHEN_MISSING).enumerate().fold(0i64, |mask, (i, keep)| {
-        let present = change.data.keys().any(|name| name == keep || name.eq_ignore_ascii_case(keep));
-        if present { mask } else { mask | (1 << i) }
-    });
+    let mut mask = 0i64;
+    for (i, keep) in route.keep_when_missing.iter().take(MAX_KEEP_WHEN_MISSING).enumerate() {
+        if !change.data.keys().any(|name| name == keep || name.eq_ignore_ascii_case(keep)) {
+            mask |= 1 << i;
+        }
+    }
     (mask != 0).then_some(mask)
 }
 
@@ -255,7 +257,9 @@ mod tests {
         let mut route = route();
         route.columns.push(ColumnConfig::new("doc", ColumnType::String));
         route.keep_when_missing = vec!["name".into(), "doc".into()];
-        let mask_in = |route: &TableConfig, op: &str, data: &str| build(&change(op, data, ""), route, &at(1)).unwrap()[0].json.get(COL_MISSING).cloned();
+        let mask_in = |route: &TableConfig, op: &str, data: &str| {
+            build(&change(op, data, ""), route, &at(1)).unwrap()[0].json.get(COL_MISSING).cloned()
+        };
         let mask = |op: &str, data: &str| mask_in(&route, op, data);
         assert_eq!(mask("update", r#"{"id":1}"#), Some(Value::from(3)));
         assert_eq!(mask("update", r#"{"id":1,"name":"x"}"#), Some(Value::from(2)));

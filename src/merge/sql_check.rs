@@ -68,9 +68,9 @@ const VOCABULARY: &[&str] = &[
 /// The builder's numbered aliases (`_landfall_kv3`, `_landfall_ko3`): a fixed
 /// prefix and digits only, so they cannot carry a name.
 fn is_numbered_alias(word: &str) -> bool {
-    ["_landfall_kv", "_landfall_ko"].iter().any(|p| {
-        word.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    ["_landfall_kv", "_landfall_ko"]
+        .iter()
+        .any(|p| word.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// landfall's own quoted columns.
