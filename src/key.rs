@@ -29,13 +29,9 @@ use crate::decode::row::{Coords, Part};
 use crate::decode::Change;
 
 /// Domain separation: changing the derivation means changing this string
-/// and [`DERIVATION`].
+/// and the WAL's layout version (a WAL keyed one way cannot de-duplicate
+/// keys derived another way).
 const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v2";
-/// The derivation's name, pinned in the WAL (a WAL keyed one way cannot
-/// de-duplicate keys derived another way).
-pub const DERIVATION: &str = "v2";
-/// The derivation of WALs written before it was pinned.
-pub const LEGACY_DERIVATION: &str = "v1";
 const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v1";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

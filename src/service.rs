@@ -85,9 +85,8 @@ impl Service {
 /// values depend on changed since they were written (docs/design.md,
 /// "Ordering": two orderings are never compared).
 pub fn pin_settings(wal: &Wal, cfg: &Config) -> Result<(), crate::log::WalError> {
-    wal.pin_setting("key-derivation", crate::key::DERIVATION, Some(crate::key::LEGACY_DERIVATION))?;
     for t in &cfg.tables {
-        wal.pin_setting(&format!("order_by:{}", t.final_table), t.order_by().name(), None)?;
+        wal.pin_setting(&format!("order_by:{}", t.final_table), t.order_by().name())?;
     }
     Ok(())
 }

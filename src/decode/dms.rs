@@ -232,20 +232,59 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         let mut first = true;
-        while let Some(key) = map.next_key::<String>()? {
-            if first && key == NUMBER_TOKEN {
-                let text: String = map.next_value()?;
-                let n: serde_json::Number = text.parse().map_err(serde::de::Error::custom)?;
-                return Ok(Value::Number(n));
-            }
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let key = match key {
+                Key::Number if first => {
+                    let text: String = map.next_value()?;
+                    let n: serde_json::Number = text.parse().map_err(serde::de::Error::custom)?;
+                    return Ok(Value::Number(n));
+                }
+                Key::Number => NUMBER_TOKEN.to_owned(),
+                Key::Name(k) => k,
+            };
             first = false;
             let Strict(v) = map.next_value()?;
-            if out.insert(key.clone(), v).is_some() {
-                let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
-                return Err(serde::de::Error::custom(format!("duplicate key \"{shown}\"")));
+            match out.entry(key) {
+                serde_json::map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+                serde_json::map::Entry::Occupied(e) => {
+                    let shown: String = e.key().chars().take(40).flat_map(char::escape_debug).collect();
+                    return Err(serde::de::Error::custom(format!("duplicate key \"{shown}\"")));
+                }
             }
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// An object key, or serde_json's marker that a number's text follows.
+enum Key {
+    Number,
+    Name(String),
+}
+
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+        Ok(if v == NUMBER_TOKEN { Key::Number } else { Key::Name(v.to_owned()) })
+    }
+    fn visit_string<E>(self, v: String) -> Result<Key, E> {
+        Ok(if v == NUMBER_TOKEN { Key::Number } else { Key::Name(v) })
     }
 }
 

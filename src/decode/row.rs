@@ -64,7 +64,8 @@ pub enum Part {
 ///   then the Kafka partition and offset;
 /// * a position format: `p`, the normalized `metadata.stream-position`
 ///   ([`super::position`]), `transaction-record-id`, the [`Part`], then the
-///   Kafka partition and offset. A change without a position is rejected.
+///   Kafka partition and offset. A change without a position is rejected,
+///   except a full-load row (`load`), which sorts before every position.
 pub fn order_value(change: &Change, order_by: OrderBy, part: Part, partition: i32, offset: i64) -> Result<String, Rejection> {
     let mut out = String::with_capacity(96);
     match order_by {
@@ -72,6 +73,13 @@ pub fn order_value(change: &Change, order_by: OrderBy, part: Part, partition: i3
             // Shift so that timestamps before 1970 still sort correctly.
             let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
             out.push_str(&format!("t{shifted:020}"));
+        }
+        _ if change.stream_position.is_none() && change.operation == "load" => {
+            // Full-load rows carry no log position; DMS applies the changes
+            // cached during the load after it, so they sort before every
+            // position ('!' < any digit), among themselves by timestamp.
+            let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
+            out.push_str(&format!("p!{shifted:020}"));
         }
         format => {
             let pos = change.stream_position.as_deref().ok_or_else(|| Rejection::BadMetadata {
@@ -324,5 +332,10 @@ mod tests {
         let mut route = route();
         route.order_by = Some(OrderBy::PostgresqlLsn);
         assert!(matches!(build(&c, &route, &at(1)), Err(Rejection::BadMetadata { field: "stream-position", .. })));
+        // Full-load rows have no position: they sort before every change.
+        let load = change("load", r#"{"id":1}"#, "");
+        let first = order_value(&load, OrderBy::PostgresqlLsn, Part::Change, 9, 9).unwrap();
+        c.stream_position = Some("0/0".into());
+        assert!(first < order_value(&c, OrderBy::PostgresqlLsn, Part::Change, 0, 0).unwrap());
     }
 }

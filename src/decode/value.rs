@@ -54,7 +54,7 @@ pub fn convert_as(ty: ColumnType, encoding: BytesEncoding, v: &Value) -> Result<
         // A bare NaN/Infinity token: a float for FLOAT64, its text for STRING.
         return match ty {
             ColumnType::Float64 | ColumnType::String => Ok(Value::String(word.into())),
-            _ => Err(format!("{word} is not a {} value", ty.sql_name())),
+            _ => Err(format!("{word} is not a valid {} value", ty.sql_name())),
         };
     }
     match ty {
@@ -94,7 +94,7 @@ pub fn convert_as(ty: ColumnType, encoding: BytesEncoding, v: &Value) -> Result<
             let s = expect_str(v, "a timestamp string")?;
             let t = parse_time_value(s, Zone::Allowed).ok_or_else(|| format!("{} is not a TIMESTAMP", short(s)))?;
             let utc = t.utc().ok_or_else(|| format!("{} is outside TIMESTAMP's range (0001-01-01 .. 9999-12-31 UTC)", short(s)))?;
-            Ok(Value::String(format!("{}Z", iso(utc))))
+            Ok(Value::String(format!("{}Z", civil(utc, 'T'))))
         }
         ColumnType::Date => {
             let s = expect_str(v, "a date string")?;
@@ -105,7 +105,7 @@ pub fn convert_as(ty: ColumnType, encoding: BytesEncoding, v: &Value) -> Result<
             let s = expect_str(v, "a datetime string")?;
             let t = parse_time_value(s, Zone::Forbidden)
                 .ok_or_else(|| format!("{} is not a DATETIME (YYYY-MM-DD HH:MM:SS[.fffffffff], no time zone)", short(s)))?;
-            Ok(Value::String(iso(t.local)))
+            Ok(Value::String(civil(t.local, ' ')))
         }
         ColumnType::Time => {
             let s = expect_str(v, "a time string")?;
@@ -413,8 +413,9 @@ fn hms(t: Time) -> String {
     format!("{:02}:{:02}:{:02}.{:06}", t.hour(), t.minute(), t.second(), t.microsecond())
 }
 
-fn iso(dt: PrimitiveDateTime) -> String {
-    format!("{}T{}", ymd(dt.date()), hms(dt.time()))
+/// `YYYY-MM-DD<sep>HH:MM:SS.ffffff`.
+fn civil(dt: PrimitiveDateTime, sep: char) -> String {
+    format!("{}{sep}{}", ymd(dt.date()), hms(dt.time()))
 }
 
 /// Parses a timestamp (RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC)
@@ -428,7 +429,7 @@ pub fn parse_timestamp_micros(s: &str) -> Result<i64, String> {
 /// RFC 3339 with microseconds, UTC (`2026-11-27T03:28:32.123456Z`).
 pub fn format_timestamp_micros(micros: i64) -> String {
     let dt = OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!("{}Z", iso(PrimitiveDateTime::new(dt.date(), dt.time())))
+    format!("{}Z", civil(PrimitiveDateTime::new(dt.date(), dt.time()), 'T'))
 }
 
 #[cfg(test)]
@@ -480,7 +481,8 @@ mod tests {
             (Timestamp, json!("9999-12-31T23:59:59.9999999Z"), json!("9999-12-31T23:59:59.999999Z")),
             (Date, json!("2026-02-28"), json!("2026-02-28")),
             (Date, json!("0001-01-01"), json!("0001-01-01")),
-            (Datetime, json!("2026-11-27 03:28:32.123456789"), json!("2026-11-27T03:28:32.123456")),
+            (Datetime, json!("2026-11-27 03:28:32.123456789"), json!("2026-11-27 03:28:32.123456")),
+            (Datetime, json!("2026-11-27T03:28:32"), json!("2026-11-27 03:28:32.000000")),
             (Time, json!("23:59:59.9999999"), json!("23:59:59.999999")),
             (Time, json!("00:00:00"), json!("00:00:00.000000")),
             (Json, json!({"a": [1]}), json!("{\"a\":[1]}")),

@@ -37,8 +37,8 @@
 //! * `r` + topic + 0x00 + partition + offset -> when that dead letter was re-driven
 //! * `meta:format` -> the WAL layout version
 //! * `meta:count:` + name -> a persistent counter (u64, big-endian)
-//! * `meta:setting:` + name -> a setting the records depend on (the key
-//!   derivation, each table's `order_by`), pinned on first use
+//! * `meta:setting:` + name -> a setting the tables depend on (each table's
+//!   `order_by`), pinned on first use
 
 pub mod record;
 
@@ -51,8 +51,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::key::DedupKey;
 
-/// Version of the key layout above.
-const LAYOUT_VERSION: u8 = 2;
+/// Version of the key layout above, and of the dedup keys in it: 3 since
+/// keys name a change by its transaction details or Kafka position
+/// (`src/key.rs`); a WAL keyed another way cannot de-duplicate these.
+const LAYOUT_VERSION: u8 = 3;
 const META_FORMAT: &[u8] = b"meta:format";
 
 #[derive(Debug, thiserror::Error)]
@@ -300,15 +302,10 @@ impl Wal {
     }
 
     /// Pins `value` for the setting `name`: recorded on first use (durably),
-    /// an error if the WAL recorded another value. `legacy` is what a WAL
-    /// that already holds records but never recorded the setting was written
-    /// with (`None`: such a WAL simply records `value`).
-    pub fn pin_setting(&self, name: &str, value: &str, legacy: Option<&str>) -> Result<(), WalError> {
+    /// an error if the WAL recorded another value.
+    pub fn pin_setting(&self, name: &str, value: &str) -> Result<(), WalError> {
         let key = [b"meta:setting:", name.as_bytes()].concat();
-        let stored = match self.tree.get(&key)? {
-            Some(v) => Some(String::from_utf8_lossy(&v).into_owned()),
-            None => legacy.filter(|_| self.tree.iter().keys().any(|k| k.is_ok_and(|k| !k.starts_with(b"meta:")))).map(str::to_owned),
-        };
+        let stored = self.tree.get(&key)?.map(|v| String::from_utf8_lossy(&v).into_owned());
         match stored {
             Some(stored) if stored != value => {
                 Err(WalError::SettingChanged { setting: name.to_owned(), stored, configured: value.to_owned() })
@@ -544,23 +541,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let wal = Wal::open(dir.path()).unwrap();
-            wal.pin_setting("order_by:t", "timestamp", None).unwrap();
-            wal.pin_setting("order_by:t", "timestamp", None).unwrap();
+            wal.pin_setting("order_by:t", "timestamp").unwrap();
+            wal.pin_setting("order_by:t", "timestamp").unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
-        wal.pin_setting("order_by:t", "timestamp", None).unwrap();
-        let err = wal.pin_setting("order_by:t", "postgresql-lsn", None).unwrap_err();
+        wal.pin_setting("order_by:t", "timestamp").unwrap();
+        let err = wal.pin_setting("order_by:t", "postgresql-lsn").unwrap_err();
         assert!(matches!(&err, WalError::SettingChanged { stored, .. } if stored == "timestamp"), "{err}");
         assert!(err.to_string().contains("Restore the setting"), "{err}");
-        // An empty WAL takes any new setting; one with records and no pin was
-        // written by the legacy derivation.
-        wal.pin_setting("key-derivation", "v2", Some("v1")).unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let old = Wal::open(other.path()).unwrap();
-        let mut b = WalBatch::default();
-        b.landed(&key(1), 5);
-        old.commit(b).unwrap();
-        assert!(matches!(old.pin_setting("key-derivation", "v2", Some("v1")), Err(WalError::SettingChanged { .. })));
+        wal.pin_setting("order_by:u", "postgresql-lsn").unwrap();
+    }
+
+    #[test]
+    fn a_wal_of_the_previous_key_derivation_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Wal::open(dir.path()).unwrap());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("landfall").unwrap().insert(META_FORMAT, &[2u8][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Wal::open(dir.path()).err().expect("layout 2 refused");
+        assert!(matches!(err, WalError::Incompatible { found: 2, .. }), "{err}");
     }
 
     #[test]

@@ -1,17 +1,21 @@
-//! Comparing BigQuery's final tables with the simulator's model.
+//! Comparing BigQuery's final tables with the simulator's model: the oracle.
 //!
-//! Both sides are brought to one canonical text per value (by column type),
-//! so the comparison is exact: integers as integers, NUMERIC without trailing
-//! zeros, TIMESTAMP as microseconds, JSON re-serialized, NULL as NULL.
+//! Both sides are brought to one canonical text per value by the oracle's
+//! own functions ([`super::value`]): the expected side from the source-native
+//! values, the actual side from BigQuery's query answer. Nothing here calls
+//! landfall's decoder or value conversion. TIMESTAMP columns are read as
+//! `UNIX_MICROS(col)`: exact, where the plain column comes back as epoch
+//! seconds through a double (the emulator loses microseconds on large dates).
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use base64::Engine;
 
-use super::Model;
+use super::value::canon_bigquery;
+use super::{ExpectedDeadLetter, Model};
 use crate::config::TableConfig;
 use crate::decode::ident::Quoted;
-use crate::decode::{value, ColumnType};
+use crate::decode::ColumnType;
 use crate::sink::client::cell;
 use crate::sink::BigQuery;
 
@@ -30,8 +34,13 @@ pub struct TableVerdict {
     /// deletes applied wrongly), and keys in the final table the source lacks.
     pub missing_keys: usize,
     pub extra_keys: usize,
+    /// Keys present on both sides whose values differ.
+    pub differing_values: usize,
     /// Primary keys present more than once in the final table.
     pub duplicate_keys: usize,
+    /// Per column: how many rows differ there, and the first example
+    /// (`key: expected != actual`).
+    pub column_mismatches: BTreeMap<String, (usize, String)>,
 }
 
 impl TableVerdict {
@@ -42,68 +51,12 @@ impl TableVerdict {
 
 const NULL: &str = "NULL";
 
-/// Canonical text of a model value (as DMS sent it) for a column type.
-fn canon_model(ty: ColumnType, v: Option<&Value>) -> String {
-    match v.map(|v| value::convert_as(ty, crate::decode::BytesEncoding::Hex, v)) {
-        None | Some(Ok(Value::Null)) => NULL.into(),
-        Some(Err(e)) => format!("<invalid: {e}>"),
-        Some(Ok(v)) => canon(
-            ty,
-            &match v {
-                Value::String(s) => s,
-                other => other.to_string(),
-            },
-        ),
-    }
-}
-
-/// Canonical text of a value in BigQuery's string form (query results).
-fn canon(ty: ColumnType, s: &str) -> String {
-    match ty {
-        ColumnType::Int64 => s.parse::<i64>().map(|i| i.to_string()).unwrap_or_else(|_| s.into()),
-        ColumnType::Float64 => s.parse::<f64>().map(|f| format!("{f:?}")).unwrap_or_else(|_| s.into()),
-        ColumnType::Bool => s.to_ascii_lowercase(),
-        ColumnType::Numeric | ColumnType::Bignumeric => {
-            let s = s.trim_start_matches('+');
-            if s.contains('.') {
-                s.trim_end_matches('0').trim_end_matches('.').to_owned()
-            } else {
-                s.to_owned()
-            }
-        }
-        ColumnType::Timestamp => timestamp_micros(s).map(|m| m.to_string()).unwrap_or_else(|| s.into()),
-        ColumnType::Json => serde_json::from_str::<Value>(s).map(|v| v.to_string()).unwrap_or_else(|_| s.into()),
-        _ => s.to_owned(),
-    }
-}
-
-/// Microseconds from RFC 3339 text or BigQuery's epoch-seconds text
-/// (`1795748400.123456`, possibly in scientific notation).
-fn timestamp_micros(s: &str) -> Option<i64> {
-    if let Ok(m) = value::parse_timestamp_micros(s) {
-        return Some(m);
-    }
-    if !s.contains(['e', 'E']) {
-        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-        let neg = int.starts_with('-');
-        let secs: i64 = int.parse().ok()?;
-        let mut f = frac.to_owned();
-        f.truncate(6);
-        while f.len() < 6 {
-            f.push('0');
-        }
-        let micros: i64 = f.parse().ok()?;
-        return Some(secs * 1_000_000 + if neg { -micros } else { micros });
-    }
-    s.parse::<f64>().ok().map(|f| (f * 1e6).round() as i64)
-}
-
-fn checksum(rows: &BTreeMap<String, String>) -> String {
+fn checksum(rows: &BTreeMap<String, Vec<String>>) -> String {
     let mut h = blake3::Hasher::new();
     for (k, v) in rows {
         h.update(k.as_bytes());
         h.update(&[0x1e]);
-        h.update(v.as_bytes());
+        h.update(v.join("\u{1f}").as_bytes());
         h.update(&[0x1d]);
     }
     h.finalize().to_hex()[..16].to_owned()
@@ -122,9 +75,14 @@ fn key_of(t: &TableConfig, values: &[String]) -> String {
 pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Result<TableVerdict, String> {
     let target = Quoted::table_path(&bq.project, &bq.dataset, &t.final_table).map_err(|e| e.to_string())?;
     let cols: Vec<Quoted> = t.columns.iter().map(|c| Quoted::column(&c.name)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let list = cols.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    let list = cols
+        .iter()
+        .zip(&t.columns)
+        .map(|(q, c)| if c.ty == ColumnType::Timestamp { format!("UNIX_MICROS({0}) AS {0}", q.as_str()) } else { q.as_str().to_owned() })
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!("SELECT {list} FROM {target}");
-    let mut actual: BTreeMap<String, String> = BTreeMap::new();
+    let mut actual: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut duplicate_keys = 0;
     let mut final_rows = 0;
     let mut resp = bq.query(&sql).await.map_err(|e| e.to_string())?;
@@ -132,9 +90,16 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
     loop {
         for row in resp.rows.take().unwrap_or_default() {
             final_rows += 1;
-            let values: Vec<String> =
-                t.columns.iter().enumerate().map(|(i, c)| cell(&row, i).map(|s| canon(c.ty, &s)).unwrap_or_else(|| NULL.into())).collect();
-            if actual.insert(key_of(t, &values), values.join("\u{1f}")).is_some() {
+            let values: Vec<String> = t
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match cell(&row, i) {
+                    None => NULL.into(),
+                    Some(s) => canon_bigquery(c.ty, &s).unwrap_or_else(|e| format!("<{e}>")),
+                })
+                .collect();
+            if actual.insert(key_of(t, &values), values).is_some() {
                 duplicate_keys += 1;
             }
         }
@@ -148,20 +113,30 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
         resp.rows = r.rows;
         resp.page_token = r.page_token;
     }
-    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for row in model.get(&t.source).map(|m| m.values()).into_iter().flatten() {
-        let values: Vec<String> = t.columns.iter().map(|c| canon_model(c.ty, row.get(&c.name))).collect();
-        expected.insert(key_of(t, &values), values.join("\u{1f}"));
+        let values: Vec<String> = t.columns.iter().map(|c| row.get(&c.name).map_or_else(|| NULL.to_owned(), |v| v.expected())).collect();
+        expected.insert(key_of(t, &values), values);
     }
     let mut differing: Vec<String> = Vec::new();
-    let (mut missing_keys, mut extra_keys) = (0, 0);
+    let (mut missing_keys, mut extra_keys, mut differing_values) = (0, 0, 0);
+    let mut column_mismatches: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for (k, v) in &expected {
         match actual.get(k) {
             None => {
                 missing_keys += 1;
                 differing.push(k.clone());
             }
-            Some(a) if a != v => differing.push(k.clone()),
+            Some(a) if a != v => {
+                differing_values += 1;
+                differing.push(k.clone());
+                for ((c, e), a) in t.columns.iter().zip(v).zip(a) {
+                    if e != a {
+                        let entry = column_mismatches.entry(c.name.clone()).or_insert_with(|| (0, format!("{k}: {e:?} != {a:?}")));
+                        entry.0 += 1;
+                    }
+                }
+            }
             Some(_) => {}
         }
     }
@@ -182,7 +157,9 @@ pub async fn verify_table(bq: &BigQuery, t: &TableConfig, model: &Model) -> Resu
         differing_keys: differing.into_iter().take(10).collect(),
         missing_keys,
         extra_keys,
+        differing_values,
         duplicate_keys,
+        column_mismatches,
     })
 }
 
@@ -206,10 +183,13 @@ pub fn report(verdicts: &[TableVerdict]) -> String {
             "MATCH".to_owned()
         } else {
             format!(
-                "MISMATCH: {} differing key(s){}{}",
-                v.differing_total,
+                "MISMATCH: {} missing, {} extra, {} differing{}{}{}",
+                v.missing_keys,
+                v.extra_keys,
+                v.differing_values,
                 if v.differing_keys.is_empty() { String::new() } else { format!(" e.g. {}", v.differing_keys.join(", ")) },
-                if v.duplicate_keys > 0 { format!(", {} duplicate key(s)", v.duplicate_keys) } else { String::new() }
+                if v.duplicate_keys > 0 { format!(", {} duplicate key(s)", v.duplicate_keys) } else { String::new() },
+                v.column_mismatches.iter().map(|(c, (n, ex))| format!("\n    column {c}: {n} row(s), e.g. {ex}")).collect::<String>()
             )
         };
         s.push_str(&format!(
@@ -220,25 +200,88 @@ pub fn report(verdicts: &[TableVerdict]) -> String {
     s
 }
 
+/// What the dead-letter table holds against what the stream was built to contain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterVerdict {
+    pub expected: usize,
+    pub found: usize,
+    /// Rows repeating a dead letter's key (re-sent to an endpoint without insertId dedup).
+    pub copies: usize,
+    /// Rows that repeat an expected dead letter under a different key.
+    pub repeated: usize,
+    /// Expected dead letters with no matching row (or a reason that does not say why).
+    pub missing: Vec<String>,
+    /// Rows that match no expected dead letter (reason and payload prefix).
+    pub unexpected: Vec<String>,
+}
+
+impl DeadLetterVerdict {
+    pub fn matches(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.expected + self.repeated == self.found
+    }
+}
+
+/// Reads the dead-letter table `table` and matches each row to one expected
+/// dead letter by payload (the table may hold a prefix) and reason.
+pub async fn verify_dead_letters(bq: &BigQuery, table: &str, expected: &[ExpectedDeadLetter]) -> Result<DeadLetterVerdict, String> {
+    let target = Quoted::table_path(&bq.project, &bq.dataset, table).map_err(|e| e.to_string())?;
+    let resp = bq.query(&format!("SELECT `reason`, `payload` FROM {target}")).await.map_err(|e| e.to_string())?;
+    let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
+    for r in resp.rows.unwrap_or_default() {
+        let reason = cell(&r, 0).unwrap_or_default();
+        let payload = cell(&r, 1).and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()).unwrap_or_default();
+        rows.push((reason, payload));
+    }
+    let mut v = DeadLetterVerdict { expected: expected.len(), found: rows.len(), ..Default::default() };
+    let mut used = vec![false; rows.len()];
+    for e in expected {
+        let hit = rows.iter().enumerate().position(|(i, (reason, payload))| {
+            !used[i] && !payload.is_empty() && e.payload.starts_with(payload) && reason.contains(e.reason_contains)
+        });
+        match hit {
+            Some(i) => used[i] = true,
+            None => v.missing.push(format!("{} (reason should mention {:?})", e.what, e.reason_contains)),
+        }
+    }
+    for (i, (reason, payload)) in rows.iter().enumerate() {
+        if !used[i] && expected.iter().any(|e| !payload.is_empty() && e.payload.starts_with(payload) && reason.contains(e.reason_contains)) {
+            // The same bad message recorded again under another key (e.g.
+            // dead-lettered again after a restart): not a foreign dead letter.
+            v.repeated += 1;
+        } else if !used[i] {
+            v.unexpected.push(format!("{reason} [{}]", String::from_utf8_lossy(&payload[..payload.len().min(120)])));
+        }
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::value::*;
     use super::*;
-    use serde_json::json;
+    use crate::config::ColumnConfig;
 
     #[test]
-    fn canonical_forms_agree_across_sides() {
-        assert_eq!(
-            canon_model(ColumnType::Timestamp, Some(&json!("2026-11-27 03:00:00.123"))),
-            canon(ColumnType::Timestamp, "1795748400.123")
-        );
-        assert_eq!(canon_model(ColumnType::Numeric, Some(&json!("12.50"))), canon(ColumnType::Numeric, "12.5"));
-        assert_eq!(canon_model(ColumnType::Numeric, Some(&json!("12.00"))), canon(ColumnType::Numeric, "12"));
-        assert_eq!(canon_model(ColumnType::Float64, Some(&json!(2.25))), canon(ColumnType::Float64, "2.25"));
-        assert_eq!(
-            canon_model(ColumnType::Json, Some(&json!({"b": 1, "a": [true]}))),
-            canon(ColumnType::Json, "{\"a\": [true], \"b\": 1}")
-        );
-        assert_eq!(canon_model(ColumnType::String, None), NULL);
-        assert_eq!(timestamp_micros("1.7957484E9"), Some(1_795_748_400_000_000));
+    fn keys_come_from_canonical_values() {
+        let t = TableConfig::new("s.t", "l", "f", &["id", "region"], vec![
+            ColumnConfig::new("id", ColumnType::Int64),
+            ColumnConfig::new("x", ColumnType::Numeric),
+            ColumnConfig::new("region", ColumnType::String),
+        ]);
+        let values = vec![canon_bigquery(ColumnType::Int64, "7").unwrap(), "1.5".into(), "eu".into()];
+        assert_eq!(key_of(&t, &values), "7|eu");
+        let mut row = super::super::Row::new();
+        row.insert("id".into(), SourceValue::Int(7));
+        row.insert("region".into(), SourceValue::Text("eu".into()));
+        assert_eq!(super::super::pk_text(&t, &row), "7|eu");
+    }
+
+    #[test]
+    fn nine_digit_fractions_truncate_to_the_microsecond() {
+        let ts = SourceValue::Timestamp(Timestamp { unix_nanos: 1_795_748_400_123_456_999, offset_minutes: 0, digits: 9, style: TsStyle::Plain });
+        assert_eq!(ts.expected(), canon_bigquery(ColumnType::Timestamp, "1795748400123456").unwrap());
+        let t = SourceValue::Time(TimeOfDay { nanos: 1_999_999_999, digits: 9 });
+        assert_eq!(t.expected(), canon_bigquery(ColumnType::Time, "00:00:01.999999").unwrap());
+        assert_ne!(t.expected(), canon_bigquery(ColumnType::Time, "00:00:02").unwrap(), "never rounded up");
     }
 }

@@ -44,7 +44,19 @@ pub fn config(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str) -> Arc
 
 /// Like [`config`], with textual replacements applied to the demo config first.
 pub fn config_with(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str, replace: &[(&str, &str)]) -> Arc<Config> {
-    let mut text = demo_config_toml(&kafka.bootstrap_servers(), &endpoint(), &project(), dataset, wal, &landfall::sim::tables())
+    config_for(kafka, wal, dataset, extra, replace, &landfall::sim::tables())
+}
+
+/// Like [`config_with`], routing `tables` (e.g. `sim::tables_for(&opts)`).
+pub fn config_for(
+    kafka: &LocalKafka,
+    wal: &Path,
+    dataset: &str,
+    extra: &str,
+    replace: &[(&str, &str)],
+    tables: &[landfall::config::TableConfig],
+) -> Arc<Config> {
+    let mut text = demo_config_toml(&kafka.bootstrap_servers(), &endpoint(), &project(), dataset, wal, tables)
         .replace("\"dms.sales\"", &format!("\"{}\"", kafka.topic));
     for (from, to) in replace {
         assert!(text.contains(from), "{from:?} not in the demo config");
@@ -142,10 +154,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(name: &str, partitions: i32, extra: &str, replace: &[(&str, &str)]) -> Stack {
+        Stack::start_for(name, partitions, extra, replace, &landfall::sim::tables()).await
+    }
+
+    /// A stack routing `tables` (the simulator's tables for its options).
+    pub async fn start_for(
+        name: &str,
+        partitions: i32,
+        extra: &str,
+        replace: &[(&str, &str)],
+        tables: &[landfall::config::TableConfig],
+    ) -> Stack {
         let kafka = LocalKafka::start(&format!("dms.{name}"), partitions).unwrap();
         let wal = tempfile::tempdir().unwrap();
         let dataset = unique_dataset(name);
-        let cfg = config_with(&kafka, wal.path(), &dataset, extra, replace);
+        let cfg = config_for(&kafka, wal.path(), &dataset, extra, replace, tables);
         let bq = bigquery(&cfg).await;
         Stack { kafka, wal, dataset, cfg, bq }
     }
@@ -178,5 +201,17 @@ impl Stack {
         let tables: Vec<_> = self.cfg.tables.iter().filter(|t| model.contains_key(&t.source)).cloned().collect();
         let verdicts = landfall::sim::verify::verify_all(&self.bq, &tables, model).await.unwrap();
         assert!(verdicts.iter().all(|v| v.matches()), "final tables differ from the source:\n{}", landfall::sim::verify::report(&verdicts));
+    }
+
+    /// Asserts that the dead-letter table holds exactly the dead letters
+    /// the simulator built into the stream.
+    pub async fn verify_dead_letters(&self, sim: &landfall::sim::Simulator) {
+        let v = landfall::sim::verify::verify_dead_letters(&self.bq, &self.cfg.bigquery.dead_letter_table, sim.expected_dead_letters())
+            .await
+            .unwrap();
+        assert!(v.matches(), "dead letters differ from the ones the stream was built with: {v:#?}");
+        if v.repeated > 0 || v.copies > 0 {
+            eprintln!("dead letters: {} recorded again under another key, {} copies of one key", v.repeated, v.copies);
+        }
     }
 }
