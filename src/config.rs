@@ -581,7 +581,16 @@ impl Config {
                     return Err(invalid(format!("tables[{i}].columns[{j}].bytes_encoding"), "applies to BYTES columns only"));
                 }
             }
-            for keep in &t.keep_when_missing {
+            if t.keep_when_missing.len() > crate::decode::row::MAX_KEEP_WHEN_MISSING {
+                return Err(invalid(
+                    key("keep_when_missing"),
+                    format!("at most {} columns (a log row records them as bits of one INT64)", crate::decode::row::MAX_KEEP_WHEN_MISSING),
+                ));
+            }
+            for (j, keep) in t.keep_when_missing.iter().enumerate() {
+                if t.keep_when_missing[..j].contains(keep) {
+                    return Err(invalid(key("keep_when_missing"), format!("`{keep}` is named twice")));
+                }
                 if !t.columns.iter().any(|c| &c.name == keep) {
                     return Err(invalid(key("keep_when_missing"), format!("`{keep}` is not one of the table's columns")));
                 }
@@ -745,6 +754,22 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
             let err = Config::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(key), "expected `{key}` in: {err}");
         }
+    }
+
+    #[test]
+    fn keep_when_missing_is_validated() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        let with = |keep: &str| EXAMPLE.replace("primary_key = [\"id\"]", &format!("primary_key = [\"id\"]\nkeep_when_missing = {keep}"));
+        assert_eq!(Config::from_toml(&with(r#"["name"]"#)).unwrap().tables[0].keep_when_missing, vec!["name".to_string()]);
+        for (keep, why) in
+            [(r#"["nope"]"#, "not one of the table's columns"), (r#"["id"]"#, "primary-key column"), (r#"["name", "name"]"#, "named twice")]
+        {
+            let err = Config::from_toml(&with(keep)).unwrap_err().to_string();
+            assert!(err.contains("tables[0].keep_when_missing") && err.contains(why), "{keep}: {err}");
+        }
+        let many = format!("{:?}", vec!["name"; 64]);
+        let err = Config::from_toml(&with(&many)).unwrap_err().to_string();
+        assert!(err.contains("at most 63"), "{err}");
     }
 
     #[test]

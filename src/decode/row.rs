@@ -22,6 +22,12 @@ pub const COL_SOURCE_TS: &str = "_landfall_source_ts";
 pub const COL_TOPIC: &str = "_landfall_topic";
 pub const COL_PARTITION: &str = "_landfall_partition";
 pub const COL_OFFSET: &str = "_landfall_offset";
+/// INT64 bitmask: bit `i` set = `keep_when_missing[i]` was absent from this
+/// update (so it is unchanged). NULL (left out) when no bit is set.
+pub const COL_MISSING: &str = "_landfall_missing";
+
+/// At most this many `keep_when_missing` columns per table (bits of an INT64).
+pub const MAX_KEEP_WHEN_MISSING: usize = 63;
 
 /// Where a message was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -123,6 +129,9 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
     let order = order_value(change, order_by, Part::Change, at.partition, at.offset)?;
     let mut json = columns;
     bookkeeping(&mut json, key, change.op, &order, change, at);
+    if let Some(mask) = missing_keep_columns(change, route) {
+        json.insert(COL_MISSING.into(), Value::from(mask));
+    }
     rows.push(LogRow { key, json });
     Ok(rows)
 }
@@ -135,6 +144,25 @@ fn bookkeeping(row: &mut Map<String, Value>, key: DedupKey, op: Op, order: &str,
     row.insert(COL_TOPIC.into(), Value::String(at.topic.clone()));
     row.insert(COL_PARTITION.into(), Value::from(at.partition));
     row.insert(COL_OFFSET.into(), Value::from(at.offset));
+}
+
+/// The `keep_when_missing` columns a DMS `update` leaves out, as a bitmask
+/// (bit `i`: `route.keep_when_missing[i]`), or `None` when there are none.
+/// Only an update can mean "unchanged" by leaving a column out: an insert or
+/// load is a full image (a missing column is NULL) and a delete ends the row.
+/// A column present with a JSON `null` is present: it sets NULL. Names match
+/// as in [`convert_columns`] (exactly, or ignoring ASCII case).
+fn missing_keep_columns(change: &Change, route: &TableConfig) -> Option<i64> {
+    if change.op != Op::Upsert || change.operation != "update" {
+        return None;
+    }
+    let mut mask = 0i64;
+    for (i, keep) in route.keep_when_missing.iter().take(MAX_KEEP_WHEN_MISSING).enumerate() {
+        if !change.data.keys().any(|name| name == keep || name.eq_ignore_ascii_case(keep)) {
+            mask |= 1 << i;
+        }
+    }
+    (mask != 0).then_some(mask)
 }
 
 /// Maps message columns onto the configured ones and converts their values.
@@ -230,6 +258,28 @@ mod tests {
         assert!(err.to_string().contains("`ID`") && err.to_string().contains("`id`"), "{err}");
         // One spelling in another case is fine.
         assert_eq!(build(&change("insert", r#"{"ID":1,"NAME":"x"}"#, ""), &route(), &at(1)).unwrap()[0].json["name"], "x");
+    }
+
+    #[test]
+    fn updates_record_the_keep_columns_they_leave_out() {
+        let mut route = route();
+        route.columns.push(ColumnConfig::new("doc", ColumnType::String));
+        route.keep_when_missing = vec!["name".into(), "doc".into()];
+        let mask_in = |route: &TableConfig, op: &str, data: &str| {
+            build(&change(op, data, ""), route, &at(1)).unwrap()[0].json.get(COL_MISSING).cloned()
+        };
+        let mask = |op: &str, data: &str| mask_in(&route, op, data);
+        assert_eq!(mask("update", r#"{"id":1}"#), Some(Value::from(3)));
+        assert_eq!(mask("update", r#"{"id":1,"name":"x"}"#), Some(Value::from(2)));
+        assert_eq!(mask("update", r#"{"id":1,"DOC":"d"}"#), Some(Value::from(1)), "names match ignoring case");
+        assert_eq!(mask("update", r#"{"id":1,"name":null,"doc":"d"}"#), None, "an explicit null is a value");
+        // Full images and deletes never keep.
+        assert_eq!(mask("insert", r#"{"id":1}"#), None);
+        assert_eq!(mask("load", r#"{"id":1}"#), None);
+        assert_eq!(mask("delete", r#"{"id":1}"#), None);
+        // Without keep columns nothing is recorded.
+        route.keep_when_missing.clear();
+        assert_eq!(mask_in(&route, "update", r#"{"id":1}"#), None);
     }
 
     #[test]

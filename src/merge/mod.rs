@@ -134,6 +134,7 @@ impl Merger {
             &t.primary_key,
             &t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         )
+        .and_then(|m| m.keep_when_missing(&t.keep_when_missing))
         .map_err(ident)?;
         let state = Quoted::table_path(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table).map_err(ident)?;
         let watermark =

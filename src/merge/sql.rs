@@ -9,13 +9,18 @@
 //! 4. applies it only if it is newer than what the final table holds
 //!    (`_landfall_order` is kept in the final table), so an older change
 //!    never overwrites a newer one, whatever order merges see them in;
-//! 5. deletes for `D`, updates or inserts for `U`.
+//! 5. deletes for `D`, updates or inserts for `U`;
+//! 6. for a `keep_when_missing` column, writes the value of the latest change
+//!    in the window that provides it (an insert or load, or an update that
+//!    carried it; see `_landfall_missing`), provided that change is newer than
+//!    the final row and the key's tombstone; otherwise it keeps the final
+//!    table's value (or NULL for a new row).
 //!
 //! Every identifier is a [`Quoted`], i.e. validated and backtick-quoted.
 //! Timestamps are formatted here from integers, never copied from input.
 
 use crate::decode::ident::{IdentError, Quoted};
-use crate::decode::row::{COL_INGESTED, COL_KEY, COL_OP, COL_ORDER};
+use crate::decode::row::{COL_INGESTED, COL_KEY, COL_MISSING, COL_OP, COL_ORDER};
 use crate::decode::value::format_timestamp_micros;
 
 /// The inclusive range of `_landfall_ingested` (microseconds) a merge reads.
@@ -36,6 +41,9 @@ pub struct MergeTarget {
     /// The primary keys of deleted rows with the ordering value of their
     /// delete, so that an older change can never bring a deleted row back.
     pub tombstones: Quoted,
+    /// `keep_when_missing`, in configured order: column `i` is bit `i` of
+    /// the log's `_landfall_missing`. Each is also in `columns`.
+    pub keep: Vec<Quoted>,
 }
 
 /// The tombstone table of a final table.
@@ -51,7 +59,21 @@ impl MergeTarget {
             primary_key: pk.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
             columns: columns.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
             tombstones: Quoted::table_path(project, dataset, &tombstone_table_name(target))?,
+            keep: Vec::new(),
         })
+    }
+
+    /// Sets the table's `keep_when_missing` columns (in configured order; at
+    /// most [`MAX_KEEP_WHEN_MISSING`](crate::decode::row::MAX_KEEP_WHEN_MISSING),
+    /// each a column and not a key, as config validation ensures).
+    pub fn keep_when_missing(mut self, keep: &[String]) -> Result<Self, IdentError> {
+        self.keep = keep.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?;
+        assert!(
+            self.keep.len() <= crate::decode::row::MAX_KEEP_WHEN_MISSING
+                && self.keep.iter().all(|k| self.columns.contains(k) && !self.primary_key.contains(k)),
+            "keep_when_missing is validated with the config"
+        );
+        Ok(self)
     }
 }
 
@@ -74,20 +96,59 @@ fn window_filter(w: &Window) -> String {
 pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
     let (key, op, order, ingested) =
         (Quoted::internal(COL_KEY), Quoted::internal(COL_OP), Quoted::internal(COL_ORDER), Quoted::internal(COL_INGESTED));
+    let keep = |c: &Quoted| t.keep.iter().position(|k| k == c);
     let cols = t.columns.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
+    // The latest-change query carries each keep column as its provider's
+    // value (`_landfall_kv<i>`) and ordering value (`_landfall_ko<i>`).
+    let inner_cols = t.columns.iter().filter(|c| keep(c).is_none()).map(Quoted::as_str).collect::<Vec<_>>().join(", ");
     let pk = t.primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
     let on = t.primary_key.iter().map(|c| format!("T.{c} = S.{c}")).collect::<Vec<_>>().join(" AND ");
     let tomb_on = t.primary_key.iter().map(|c| format!("TB.{c} = L.{c}")).collect::<Vec<_>>().join(" AND ");
-    let set = t.columns.iter().chain([&order, &key]).map(|c| format!("{c} = S.{c}")).collect::<Vec<_>>().join(", ");
+    let set = t
+        .columns
+        .iter()
+        .map(|c| match keep(c) {
+            // No provider, or none newer than the final row: keep its value.
+            Some(i) => format!("{c} = IF(S._landfall_ko{i} IS NULL OR S._landfall_ko{i} <= T.{order}, T.{c}, S.{c})"),
+            None => format!("{c} = S.{c}"),
+        })
+        .chain([&order, &key].map(|c| format!("{c} = S.{c}")))
+        .collect::<Vec<_>>()
+        .join(", ");
     let insert_cols = format!("{cols}, {order}, {key}");
     let insert_vals = t.columns.iter().chain([&order, &key]).map(|c| format!("S.{c}")).collect::<Vec<_>>().join(", ");
     let newer = format!("(T.{order} IS NULL OR S.{order} > T.{order})");
+    let missing = Quoted::internal(COL_MISSING);
+    let mut providers = String::new();
+    let (mut except, mut outer) = (Vec::new(), String::new());
+    for (i, c) in t.keep.iter().enumerate() {
+        // A change provides `c` if it is an upsert whose bit `i` is clear
+        // (inserts and loads never set bits). The window puts providers
+        // first, newest first, so FIRST_VALUE is the latest provider's value
+        // (possibly NULL), or NULL when no change provides `c`.
+        let provides = format!("{op} = 'U' AND (IFNULL({missing}, 0) & {bit}) = 0", bit = 1i64 << i);
+        let w = format!(
+            "OVER (PARTITION BY {pk} ORDER BY IF({provides}, 1, 0) DESC, {order} DESC, {key} DESC ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        );
+        providers.push_str(&format!(
+            ",\n\x20       FIRST_VALUE(IF({provides}, {c}, NULL)) {w} AS _landfall_kv{i},\n\
+             \x20       FIRST_VALUE(IF({provides}, {order}, NULL)) {w} AS _landfall_ko{i}"
+        ));
+        except.push(format!("_landfall_kv{i}, _landfall_ko{i}"));
+        // A provider no newer than the key's tombstone lived before the
+        // delete: the tombstone provides NULL instead.
+        let live = format!("TB.{order} IS NULL OR L._landfall_ko{i} > TB.{order}");
+        outer.push_str(&format!(
+            ", IF({live}, L._landfall_kv{i}, NULL) AS {c}, IF({live}, L._landfall_ko{i}, TB.{order}) AS _landfall_ko{i}"
+        ));
+    }
+    let select_l = if t.keep.is_empty() { "L.*".to_owned() } else { format!("L.* EXCEPT({}){outer}", except.join(", ")) };
     format!(
         "MERGE {target} AS T\n\
          USING (\n\
-         \x20 SELECT L.* FROM (\n\
+         \x20 SELECT {select_l} FROM (\n\
          \x20   SELECT * EXCEPT(_landfall_rn) FROM (\n\
-         \x20     SELECT {cols}, {op}, {order}, {key},\n\
+         \x20     SELECT {inner_cols}, {op}, {order}, {key}{providers},\n\
          \x20       ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY {order} DESC, {key} DESC) AS _landfall_rn\n\
          \x20     FROM (\n\
          \x20       SELECT * FROM {log}\n\
@@ -218,6 +279,61 @@ mod tests {
     }
 
     #[test]
+    fn merge_without_keep_columns_is_unchanged() {
+        let sql = merge_statement(&target(), &Window { from_micros: None, to_micros: 5 });
+        assert!(sql.contains("  SELECT L.* FROM (\n"), "{sql}");
+        assert!(sql.contains("SELECT `tenant`, `id`, `amount`, `_landfall_op`, `_landfall_order`, `_landfall_key`,\n"), "{sql}");
+        for absent in ["_landfall_missing", "FIRST_VALUE", "IF("] {
+            assert!(!sql.contains(absent), "{absent} in\n{sql}");
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_latest_provided_value_of_keep_columns() {
+        let t = MergeTarget::new(
+            "landfall-local",
+            "cdc",
+            "orders_log",
+            "orders",
+            &["id".into()],
+            &["id".into(), "amount".into(), "note".into(), "doc".into()],
+        )
+        .unwrap()
+        .keep_when_missing(&["doc".into(), "note".into()])
+        .unwrap();
+        let sql = merge_statement(&t, &Window { from_micros: None, to_micros: 5 });
+        let provides = |bit: u32| format!("`_landfall_op` = 'U' AND (IFNULL(`_landfall_missing`, 0) & {bit}) = 0");
+        let w = |bit| {
+            format!(
+                "OVER (PARTITION BY `id` ORDER BY IF({}, 1, 0) DESC, `_landfall_order` DESC, `_landfall_key` DESC ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)",
+                provides(bit)
+            )
+        };
+        for needle in [
+            // The latest change per key, keep columns replaced by their provider's value and order.
+            "SELECT `id`, `amount`, `_landfall_op`, `_landfall_order`, `_landfall_key`,".to_owned(),
+            format!("FIRST_VALUE(IF({}, `doc`, NULL)) {} AS _landfall_kv0", provides(1), w(1)),
+            format!("FIRST_VALUE(IF({}, `_landfall_order`, NULL)) {} AS _landfall_ko0", provides(1), w(1)),
+            format!("FIRST_VALUE(IF({}, `note`, NULL)) {} AS _landfall_kv1", provides(2), w(2)),
+            format!("FIRST_VALUE(IF({}, `_landfall_order`, NULL)) {} AS _landfall_ko1", provides(2), w(2)),
+            // A provider older than the tombstone is replaced by the tombstone (NULL).
+            "SELECT L.* EXCEPT(_landfall_kv0, _landfall_ko0, _landfall_kv1, _landfall_ko1), \
+             IF(TB.`_landfall_order` IS NULL OR L._landfall_ko0 > TB.`_landfall_order`, L._landfall_kv0, NULL) AS `doc`, \
+             IF(TB.`_landfall_order` IS NULL OR L._landfall_ko0 > TB.`_landfall_order`, L._landfall_ko0, TB.`_landfall_order`) AS _landfall_ko0, \
+             IF(TB.`_landfall_order` IS NULL OR L._landfall_ko1 > TB.`_landfall_order`, L._landfall_kv1, NULL) AS `note`"
+                .to_owned(),
+            // An update keeps the final value unless the provider is newer; an insert takes the provider's.
+            "UPDATE SET `id` = S.`id`, `amount` = S.`amount`, \
+             `note` = IF(S._landfall_ko1 IS NULL OR S._landfall_ko1 <= T.`_landfall_order`, T.`note`, S.`note`), \
+             `doc` = IF(S._landfall_ko0 IS NULL OR S._landfall_ko0 <= T.`_landfall_order`, T.`doc`, S.`doc`), `_landfall_order` = S.`_landfall_order`"
+                .to_owned(),
+            "INSERT (`id`, `amount`, `note`, `doc`, `_landfall_order`, `_landfall_key`) VALUES (S.`id`, S.`amount`, S.`note`, S.`doc`,".to_owned(),
+        ] {
+            assert!(sql.contains(&needle), "missing {needle:?} in\n{sql}");
+        }
+    }
+
+    #[test]
     fn tombstones_keep_the_newest_delete_per_key() {
         let sql = tombstone_statement(&target(), &Window { from_micros: Some(1), to_micros: 2 });
         for needle in [
@@ -281,12 +397,24 @@ mod tests {
                 target in "[A-Za-z0-9_-]{1,20}",
                 columns in prop::collection::btree_set(column(), 1..8),
                 pk_len in 1usize..4,
+                keep_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
                 from in proptest::option::of(any::<i64>()),
                 to in any::<i64>(),
             ) {
                 let columns: Vec<String> = columns.into_iter().collect();
                 let pk: Vec<String> = columns.iter().take(pk_len).cloned().collect();
-                let t = MergeTarget::new("landfall-local", "cdc", &log, &target, &pk, &columns).unwrap();
+                // keep_when_missing: distinct non-key columns, in any order.
+                let non_key: Vec<&String> = columns.iter().skip(pk_len).collect();
+                let mut keep: Vec<String> = Vec::new();
+                if !non_key.is_empty() {
+                    for p in &keep_picks {
+                        let c = non_key[p.index(non_key.len())];
+                        if !keep.contains(c) {
+                            keep.push(c.clone());
+                        }
+                    }
+                }
+                let t = MergeTarget::new("landfall-local", "cdc", &log, &target, &pk, &columns).unwrap().keep_when_missing(&keep).unwrap();
                 let window = Window { from_micros: from, to_micros: to };
                 let tombstones = tombstone_table_name(&target);
                 let merge = merge_statement(&t, &window);
@@ -315,6 +443,18 @@ mod tests {
             assert_eq!(
                 check_merge(
                     "MERGE `id` AS T USING (SELECT `id`) AS S ON T.`id` = S.`id` WHEN MATCHED AND S.`_landfall_op` = 'D' THEN DELETE",
+                    &names
+                ),
+                Ok(())
+            );
+            // The numbered aliases are a fixed prefix and digits, nothing else.
+            for bad in ["_landfall_kv", "_landfall_kvx", "_landfall_kv1x", "_landfall_kv123", "_landfall_k1", "landfall_kv1"] {
+                let sql = format!("MERGE `id` AS T USING (SELECT `id`, 1 AS {bad}) AS S ON T.`id` = S.`id` WHEN MATCHED THEN DELETE");
+                assert!(check_merge(&sql, &names).is_err(), "{bad}");
+            }
+            assert_eq!(
+                check_merge(
+                    "MERGE `id` AS T USING (SELECT `id`, 1 AS _landfall_ko12) AS S ON T.`id` = S.`id` WHEN MATCHED THEN DELETE",
                     &names
                 ),
                 Ok(())

@@ -54,10 +54,27 @@ const VOCABULARY: &[&str] = &[
     "INSERT",
     "VALUES",
     "_landfall_rn",
+    // keep_when_missing
+    "IF",
+    "IFNULL",
+    "FIRST_VALUE",
+    "ROWS",
+    "BETWEEN",
+    "UNBOUNDED",
+    "PRECEDING",
+    "FOLLOWING",
 ];
 
+/// The builder's numbered aliases (`_landfall_kv3`, `_landfall_ko3`): a fixed
+/// prefix and digits only, so they cannot carry a name.
+fn is_numbered_alias(word: &str) -> bool {
+    ["_landfall_kv", "_landfall_ko"]
+        .iter()
+        .any(|p| word.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit())))
+}
+
 /// landfall's own quoted columns.
-const INTERNAL: &[&str] = &["_landfall_key", "_landfall_op", "_landfall_order", "_landfall_ingested"];
+const INTERNAL: &[&str] = &["_landfall_key", "_landfall_op", "_landfall_order", "_landfall_ingested", "_landfall_missing"];
 
 /// `names`: every identifier the statement was built from (table paths as
 /// `project.dataset.table`, and columns). Each must appear, and only quoted.
@@ -73,7 +90,7 @@ pub fn check_merge(sql: &str, names: &[String]) -> Result<(), String> {
     for token in &tokens {
         match token {
             Token::Word(w) => match w.quote_style {
-                None if VOCABULARY.contains(&w.value.as_str()) => {}
+                None if VOCABULARY.contains(&w.value.as_str()) || is_numbered_alias(&w.value) => {}
                 None => return Err(format!("unquoted word {:?} is not the builder's own", w.value)),
                 Some('`') if names.contains(&w.value) || INTERNAL.contains(&w.value.as_str()) => seen.push(w.value.as_str()),
                 Some('`') => return Err(format!("quoted name {:?} was not passed in", w.value)),

@@ -84,6 +84,7 @@ pub fn log_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
         field(COL_TOPIC, ColumnType::String),
         field(COL_PARTITION, ColumnType::Int64),
         field(COL_OFFSET, ColumnType::Int64),
+        field(COL_MISSING, ColumnType::Int64),
     ];
     f.extend(t.columns.iter().map(|c| field(&c.name, c.ty)));
     f
