@@ -247,7 +247,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         println!("\n=== {title} ===");
         ok &= run_scenario(&opts, &format!("{}_{suffix}", opts.dataset), sim_opts).await?;
     }
-    println!("\n{}", if ok { "RESULT: MATCH (every final table equals the source; every dead letter is one the stream was built with)" } else { "RESULT: MISMATCH" });
+    println!(
+        "\n{}",
+        if ok {
+            "RESULT: MATCH (every final table equals the source; every dead letter is one the stream was built with)"
+        } else {
+            "RESULT: MISMATCH"
+        }
+    );
     Ok(ok)
 }
 
@@ -256,7 +263,15 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
     let kafka = LocalKafka::start("dms.sales", opts.partitions)?;
     let sim_opts = SimOptions { dead_letters: true, every_type: true, ..sim_opts };
     let tables = crate::sim::tables_for(&sim_opts);
-    let cfg = Arc::new(demo_config_for(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, dataset, wal_dir.path(), "dms.sales", &tables)?);
+    let cfg = Arc::new(demo_config_for(
+        &kafka.bootstrap_servers(),
+        &opts.endpoint,
+        &opts.project,
+        dataset,
+        wal_dir.path(),
+        "dms.sales",
+        &tables,
+    )?);
     println!("landfall demo: mock Kafka at {}, BigQuery emulator at {}, dataset {dataset}", kafka.bootstrap_servers(), opts.endpoint);
 
     let mut sim = Simulator::with_options(opts.seed, sim_opts);
@@ -297,9 +312,8 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
         println!("merged {}: {} rows changed", r.table, r.affected_rows);
     }
     let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.map_err(anyhow::Error::msg)?;
-    let dead_letters = verify::verify_dead_letters(&bq, &cfg.bigquery.dead_letter_table, sim.expected_dead_letters())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let dead_letters =
+        verify::verify_dead_letters(&bq, &cfg.bigquery.dead_letter_table, sim.expected_dead_letters()).await.map_err(anyhow::Error::msg)?;
     println!("elapsed: {:.1}s\n", t0.elapsed().as_secs_f64());
     print!("{}", verify::report(&verdicts));
     println!(

@@ -200,7 +200,10 @@ mod tests {
     fn same_delivery_same_key_regardless_of_formatting_and_key_order() {
         let reordered = r#"{ "metadata": {"table-name":"t","schema-name":"s","operation":"update","record-type":"data","timestamp":"2026-11-27T03:28:32.000001Z"},
             "data": {"tags":{"x":2,"y":1}, "name":"a", "id":1} }"#;
-        assert_eq!(DedupKey::of_change(&change(A), &at(0, 5), Part::Change), DedupKey::of_change(&change(reordered), &at(0, 5), Part::Change));
+        assert_eq!(
+            DedupKey::of_change(&change(A), &at(0, 5), Part::Change),
+            DedupKey::of_change(&change(reordered), &at(0, 5), Part::Change)
+        );
     }
 
     #[test]

@@ -395,8 +395,18 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 Details::On => Some(true),
                 Details::Off => Some(false),
             };
-            let ok = demo::run(DemoOptions { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions, transaction_details })
-                .await?;
+            let ok = demo::run(DemoOptions {
+                endpoint,
+                project,
+                dataset,
+                seed,
+                load_rows,
+                changes,
+                duplicate_rate,
+                partitions,
+                transaction_details,
+            })
+            .await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }

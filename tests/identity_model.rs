@@ -77,7 +77,8 @@ fn source(rng: &mut StdRng, order_by: OrderBy) -> (Vec<SourceChange>, BTreeMap<i
             let id = rng.random_range(0..IDS);
             let value = VALUES[rng.random_range(0..VALUES.len())].to_owned();
             let recreating = moved_away.contains(&id) && recreating_blocked(order_by);
-            let blocked = |k: i64, model: &BTreeMap<i64, String>| model.contains_key(&k) || (recreating_blocked(order_by) && moved_away.contains(&k));
+            let blocked =
+                |k: i64, model: &BTreeMap<i64, String>| model.contains_key(&k) || (recreating_blocked(order_by) && moved_away.contains(&k));
             let change = match model.get(&id).cloned() {
                 None if recreating => continue,
                 None => SourceChange::new("insert", id, value, None),
@@ -259,7 +260,14 @@ fn genuine_repeats_in_one_transaction_survive_without_transaction_details() {
         micros: 1_795_750_000_000_000,
         followed_in_tx: false,
     };
-    let changes = [c("insert", 1, "B", 1), c("update", 1, "A", 2), c("update", 1, "B", 3), c("insert", 2, "A", 4), c("delete", 2, "A", 5), c("insert", 2, "A", 6)];
+    let changes = [
+        c("insert", 1, "B", 1),
+        c("update", 1, "A", 2),
+        c("update", 1, "B", 3),
+        c("insert", 2, "A", 4),
+        c("delete", 2, "A", 5),
+        c("insert", 2, "A", 6),
+    ];
     for details in [false, true] {
         let published: Vec<(i64, Vec<u8>)> = changes.iter().map(|c| (c.id, message(c, details))).collect();
         let twice: Vec<(i64, Vec<u8>)> = published.iter().chain(published.iter()).cloned().collect();

@@ -89,7 +89,8 @@ pub fn order_value(change: &Change, order_by: OrderBy, part: Part, partition: i3
                     format.name()
                 ),
             })?;
-            let normalized = position::normalize(format, pos).map_err(|message| Rejection::BadMetadata { field: "stream-position", message })?;
+            let normalized =
+                position::normalize(format, pos).map_err(|message| Rejection::BadMetadata { field: "stream-position", message })?;
             let record = match change.transaction_record_id.as_deref() {
                 None => 0,
                 Some(r) => r.trim().parse::<u64>().map_err(|_| Rejection::BadMetadata {
@@ -212,7 +213,13 @@ mod tests {
     use crate::decode::{dms, ColumnType, Decoded};
 
     fn route() -> TableConfig {
-        TableConfig::new("s.t", "t_log", "t", &["id"], vec![ColumnConfig::new("id", ColumnType::Int64), ColumnConfig::new("name", ColumnType::String)])
+        TableConfig::new(
+            "s.t",
+            "t_log",
+            "t",
+            &["id"],
+            vec![ColumnConfig::new("id", ColumnType::Int64), ColumnConfig::new("name", ColumnType::String)],
+        )
     }
 
     fn change(op: &str, data: &str, extra: &str) -> Change {

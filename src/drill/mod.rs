@@ -186,11 +186,8 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     let topic = "dms.drill";
     let kafka = kafka::KafkaProcess::start(&opts.exe, &work, topic, opts.partitions).await?;
     let dataset = format!("drill_{}_{}", opts.seed, std::process::id());
-    let sim_opts = if opts.transaction_details {
-        SimOptions::ordered_by(PositionFormat::Mysql)
-    } else {
-        SimOptions::without_transaction_details()
-    };
+    let sim_opts =
+        if opts.transaction_details { SimOptions::ordered_by(PositionFormat::Mysql) } else { SimOptions::without_transaction_details() };
     let tables = crate::sim::tables_for(&sim_opts);
     let write_config = |name: &str, wal: &str| -> anyhow::Result<(PathBuf, Config)> {
         let text = demo_config_toml(&kafka.bootstrap, &opts.endpoint, &opts.project, &dataset, &work.join(wal), &tables)

@@ -265,12 +265,7 @@ impl Simulator {
             model,
             deleted: BTreeMap::new(),
             clock_nanos: 1_795_750_000_000_000_000,
-            positions: Positions {
-                mysql: (123, 4),
-                lsn: (0x199u64 << 32) | 0xFFFF_0000,
-                sqlserver: (0x2A, 0x199, 1),
-                scn: 9_999_700,
-            },
+            positions: Positions { mysql: (123, 4), lsn: (0x199u64 << 32) | 0xFFFF_0000, sqlserver: (0x2A, 0x199, 1), scn: 9_999_700 },
             transaction_id: 5000,
             prev_transaction: (0, 0),
             next_id: 1,
@@ -344,7 +339,11 @@ impl Simulator {
                 }
                 put(&mut m, "active", SourceValue::Bool(r.random_bool(0.7)));
                 let unix_nanos = (1_700_000_000_000i128 + i128::from(r.random_range(0..100_000_000_000i64))) * 1_000_000;
-                put(&mut m, "updated_at", SourceValue::Timestamp(Timestamp { unix_nanos, offset_minutes: 0, digits: 3, style: TsStyle::Plain }));
+                put(
+                    &mut m,
+                    "updated_at",
+                    SourceValue::Timestamp(Timestamp { unix_nanos, offset_minutes: 0, digits: 3, style: TsStyle::Plain }),
+                );
             }
             1 => {
                 put(&mut m, "customer_id", SourceValue::Int(r.random_range(1..5000)));
@@ -882,7 +881,11 @@ mod tests {
         }
         assert!(by_ts.values().any(|t| t.len() >= 4));
         assert!(vals.iter().any(|v| v.get("before-image").is_some_and(|b| b.get("id").is_some() && b["id"] != v["data"]["id"])));
-        assert!(by_ts.values().any(|t| t.iter().enumerate().any(|(i, x)| t[i + 1..].iter().any(|y| x["data"] == y["data"] && x["metadata"]["operation"] == y["metadata"]["operation"]))));
+        assert!(by_ts
+            .values()
+            .any(|t| t.iter().enumerate().any(|(i, x)| t[i + 1..]
+                .iter()
+                .any(|y| x["data"] == y["data"] && x["metadata"]["operation"] == y["metadata"]["operation"]))));
         // Every type is there.
         let every = &a.model[EVERY_TYPE];
         for c in &a.tables()[3].columns {
@@ -955,7 +958,9 @@ mod tests {
                 PositionFormat::Mysql | PositionFormat::Oracle => {
                     assert!(pos.windows(2).any(|w| w[0] > w[1]), "{f:?}: a text sort would get it right")
                 }
-                _ => assert!(pos.windows(2).any(|w| w[0].contains("9/") && w[1].contains("A/") || w[0].contains('9') && w[1].contains('A'))),
+                _ => {
+                    assert!(pos.windows(2).any(|w| w[0].contains("9/") && w[1].contains("A/") || w[0].contains('9') && w[1].contains('A')))
+                }
             }
         }
     }

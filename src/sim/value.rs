@@ -436,7 +436,11 @@ pub fn gen_decimal(rng: &mut StdRng, int_max: usize, frac_max: usize) -> String 
     let frac = digits(rng, scale);
     let sign = if rng.random_bool(0.3) { "-" } else { "" };
     if scale == 0 {
-        if int == "0" { int } else { format!("{sign}{int}") }
+        if int == "0" {
+            int
+        } else {
+            format!("{sign}{int}")
+        }
     } else {
         format!("{sign}{int}.{frac}")
     }
@@ -463,8 +467,26 @@ pub fn gen_float(rng: &mut StdRng) -> f64 {
 }
 
 const TEXT_PIECES: &[&str] = &[
-    "plain", "O'Brien", "say \"hi\"", "back\\slash", "tab\there", "new\nline", "emoji 😀🎉", "日本語", "é e\u{301}", "<tag>&amp;", "{\"not\":\"json\"}",
-    "  spaces  ", "Ω≈ç√", "zero-width\u{200b}", "ä", "%s %d", "--", "'; DROP TABLE x; --", "\u{7f}", "\r\n",
+    "plain",
+    "O'Brien",
+    "say \"hi\"",
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "emoji 😀🎉",
+    "日本語",
+    "é e\u{301}",
+    "<tag>&amp;",
+    "{\"not\":\"json\"}",
+    "  spaces  ",
+    "Ω≈ç√",
+    "zero-width\u{200b}",
+    "ä",
+    "%s %d",
+    "--",
+    "'; DROP TABLE x; --",
+    "\u{7f}",
+    "\r\n",
 ];
 
 /// A non-empty string: DMS leaves empty values out (`IncludeNullAndEmpty`
@@ -558,7 +580,9 @@ pub fn gen_timestamp(rng: &mut StdRng) -> Timestamp {
         rng.random_range(1_577_836_800_000_000_000i128..1_893_456_000_000_000_000)
     };
     let unix_nanos = unix_nanos.div_euclid(unit) * unit;
-    let style = if edge { [TsStyle::Plain, TsStyle::IsoZ][rng.random_range(0..2)] } else {
+    let style = if edge {
+        [TsStyle::Plain, TsStyle::IsoZ][rng.random_range(0..2)]
+    } else {
         [TsStyle::Plain, TsStyle::Plain, TsStyle::IsoZ, TsStyle::IsoOffset][rng.random_range(0..4)]
     };
     let offset_minutes = if style == TsStyle::IsoOffset { [330, -480, 60, -210, 345, 0, -60][rng.random_range(0..7)] } else { 0 };
@@ -618,7 +642,8 @@ mod tests {
         let t = Timestamp { unix_nanos: -1, offset_minutes: 0, digits: 9, style: TsStyle::IsoZ };
         assert_eq!(t.render(), "1969-12-31T23:59:59.999999999Z");
         assert_eq!(t.micros(), -1, "floor, not toward zero");
-        let first = Timestamp { unix_nanos: i128::from(min_day()) * NANOS_PER_DAY as i128, offset_minutes: 0, digits: 0, style: TsStyle::Plain };
+        let first =
+            Timestamp { unix_nanos: i128::from(min_day()) * NANOS_PER_DAY as i128, offset_minutes: 0, digits: 0, style: TsStyle::Plain };
         assert_eq!(first.render(), "0001-01-01 00:00:00");
         assert_eq!(first.micros(), -62_135_596_800_000_000);
         assert_eq!(canon_bigquery(ColumnType::Timestamp, "-62135596800000000").unwrap(), first.expected_micros_text());
@@ -649,7 +674,10 @@ mod tests {
         assert_eq!(dt.expected(), "2026-11-27T03:00:00.123456000");
         assert_eq!(canon_bigquery(ColumnType::Datetime, "2026-11-27T03:00:00.123456").unwrap(), dt.expected());
         assert_eq!(canon_bigquery(ColumnType::Time, "03:00:00.100000").unwrap(), "03:00:00.100000000");
-        assert_eq!(canon_bigquery(ColumnType::Time, "00:00:00").unwrap(), SourceValue::Time(TimeOfDay { nanos: 999, digits: 9 }).expected());
+        assert_eq!(
+            canon_bigquery(ColumnType::Time, "00:00:00").unwrap(),
+            SourceValue::Time(TimeOfDay { nanos: 999, digits: 9 }).expected()
+        );
         assert_eq!(canon_bigquery(ColumnType::Date, "0001-01-01").unwrap(), SourceValue::Date(min_day()).expected());
     }
 
@@ -661,7 +689,10 @@ mod tests {
         assert_ne!(canon_bigquery(ColumnType::Float64, "0.0").unwrap(), SourceValue::Float(-0.0).expected());
         assert_eq!(canon_bigquery(ColumnType::Float64, "1.7976931348623157e+308").unwrap(), SourceValue::Float(f64::MAX).expected());
         let doc: Value = serde_json::from_str(r#"{"b": [1, 2.50], "a": {"z": 1E+2, "y": null}}"#).unwrap();
-        assert_eq!(canon_bigquery(ColumnType::Json, r#"{"a":{"y":null,"z":100.0},"b":[1,2.5]}"#).unwrap(), SourceValue::Json(doc.clone()).expected());
+        assert_eq!(
+            canon_bigquery(ColumnType::Json, r#"{"a":{"y":null,"z":100.0},"b":[1,2.5]}"#).unwrap(),
+            SourceValue::Json(doc.clone()).expected()
+        );
         let mut rng = StdRng::seed_from_u64(3);
         let written = SourceValue::Json(doc.clone()).to_dms(&mut rng);
         let reparsed: Value = serde_json::from_str(written.as_str().unwrap()).unwrap();

@@ -244,7 +244,8 @@ pub async fn verify_dead_letters(bq: &BigQuery, table: &str, expected: &[Expecte
         }
     }
     for (i, (reason, payload)) in rows.iter().enumerate() {
-        if !used[i] && expected.iter().any(|e| !payload.is_empty() && e.payload.starts_with(payload) && reason.contains(e.reason_contains)) {
+        if !used[i] && expected.iter().any(|e| !payload.is_empty() && e.payload.starts_with(payload) && reason.contains(e.reason_contains))
+        {
             // The same bad message recorded again under another key (e.g.
             // dead-lettered again after a restart): not a foreign dead letter.
             v.repeated += 1;
@@ -263,11 +264,17 @@ mod tests {
 
     #[test]
     fn keys_come_from_canonical_values() {
-        let t = TableConfig::new("s.t", "l", "f", &["id", "region"], vec![
-            ColumnConfig::new("id", ColumnType::Int64),
-            ColumnConfig::new("x", ColumnType::Numeric),
-            ColumnConfig::new("region", ColumnType::String),
-        ]);
+        let t = TableConfig::new(
+            "s.t",
+            "l",
+            "f",
+            &["id", "region"],
+            vec![
+                ColumnConfig::new("id", ColumnType::Int64),
+                ColumnConfig::new("x", ColumnType::Numeric),
+                ColumnConfig::new("region", ColumnType::String),
+            ],
+        );
         let values = vec![canon_bigquery(ColumnType::Int64, "7").unwrap(), "1.5".into(), "eu".into()];
         assert_eq!(key_of(&t, &values), "7|eu");
         let mut row = super::super::Row::new();
@@ -278,7 +285,12 @@ mod tests {
 
     #[test]
     fn nine_digit_fractions_truncate_to_the_microsecond() {
-        let ts = SourceValue::Timestamp(Timestamp { unix_nanos: 1_795_748_400_123_456_999, offset_minutes: 0, digits: 9, style: TsStyle::Plain });
+        let ts = SourceValue::Timestamp(Timestamp {
+            unix_nanos: 1_795_748_400_123_456_999,
+            offset_minutes: 0,
+            digits: 9,
+            style: TsStyle::Plain,
+        });
         assert_eq!(ts.expected(), canon_bigquery(ColumnType::Timestamp, "1795748400123456").unwrap());
         let t = SourceValue::Time(TimeOfDay { nanos: 1_999_999_999, digits: 9 });
         assert_eq!(t.expected(), canon_bigquery(ColumnType::Time, "00:00:01.999999").unwrap());
