@@ -232,7 +232,10 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             let stopped = service.stop().await?;
             summary.log_summary();
             tracing::info!(?stopped, "stopped");
-            Ok(ExitCode::SUCCESS)
+            // Exit now rather than through the runtime's drop, which would
+            // wait for blocking work that may hang on an unreachable peer
+            // (closing the Kafka consumer): everything acknowledged is durable.
+            std::process::exit(if stopped == landfall::pipeline::Stopped::Abandoned { 3 } else { 0 });
         }
         Command::Merge { config, full, table } => {
             let cfg = Arc::new(Config::load(&config)?);

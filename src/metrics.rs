@@ -46,6 +46,11 @@ pub struct Metrics {
     pub recovered: AtomicU64,
     /// WAL writes that failed with an I/O error (and were retried).
     pub wal_errors: AtomicU64,
+    /// Partition revokes (rebalances), and those whose wait for in-flight
+    /// changes ran out (`pipeline.shutdown_timeout`): the next owner re-reads
+    /// what was still in flight.
+    pub revokes: AtomicU64,
+    pub revokes_timed_out: AtomicU64,
     /// Offset commits issued.
     pub commits: AtomicU64,
     /// MERGE statements run, rows they changed, and failed attempts.
@@ -113,6 +118,8 @@ impl Metrics {
             requests = g(&self.requests),
             request_retries = g(&self.request_retries),
             recovered = g(&self.recovered),
+            revokes = g(&self.revokes),
+            revokes_timed_out = g(&self.revokes_timed_out),
             merges = g(&self.merges),
             merged_rows = g(&self.merged_rows),
             merge_failures = g(&self.merge_failures),

@@ -71,6 +71,9 @@ pub enum Stopped {
     /// Shut down with changes in flight (drain timeout): they are pending in
     /// the WAL or will be redelivered; nothing was acknowledged for them.
     Interrupted,
+    /// The shutdown itself did not finish within its bound and was left
+    /// behind (`service::Service::stop`); as safe as `Interrupted`.
+    Abandoned,
 }
 
 /// A message read from Kafka, owned.
@@ -335,7 +338,7 @@ pub async fn run(
         Err(SinkError::Shutdown) => return Ok(Stopped::Interrupted),
     }
     let progress = SharedProgress::default();
-    let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout)?;
+    let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout, metrics.clone())?;
     let consumer = Arc::new(consumer);
     let (done_tx, mut done_rx) = mpsc::channel::<BatchDone>(cfg.pipeline.max_inflight_batches + 1);
     let mut batches_in_flight = 0usize;

@@ -33,7 +33,12 @@ pub struct Service {
     pipeline: JoinHandle<Result<Stopped, PipelineError>>,
     /// The periodic merge (none with the discard sink).
     merge_task: Option<JoinHandle<()>>,
+    shutdown_timeout: std::time::Duration,
 }
+
+/// What [`Service::stop`] allows beyond `pipeline.shutdown_timeout` for the
+/// final commit, closing the consumer and the merge timer.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Service {
     /// Opens the WAL, connects to BigQuery, creates missing tables, and starts
@@ -58,8 +63,9 @@ impl Service {
                 (Arc::new(DiscardSink::new(metrics.clone())), None)
             }
         };
+        let shutdown_timeout = cfg.pipeline.shutdown_timeout;
         let pipeline = tokio::spawn(pipeline::run(cfg, wal.clone(), sink, metrics.clone(), shutdown_rx, abort));
-        Ok(Service { metrics, wal, shutdown, pipeline, merge_task })
+        Ok(Service { metrics, wal, shutdown, pipeline, merge_task, shutdown_timeout })
     }
 
     /// True once the pipeline has stopped (e.g. on a fatal error).
@@ -67,17 +73,34 @@ impl Service {
         self.pipeline.is_finished()
     }
 
-    /// Stops consuming, lands what is in flight, commits, and waits.
+    /// Stops consuming, lands what is in flight, commits, and waits: at most
+    /// `pipeline.shutdown_timeout` plus [`STOP_GRACE`], whatever is
+    /// unreachable. Past that, what is still running is abandoned
+    /// ([`Stopped::Abandoned`]): nothing it did not finish was acknowledged,
+    /// and the WAL is consistent at any point (the kill -9 drills).
     pub async fn stop(self) -> Result<Stopped, PipelineError> {
         let _ = self.shutdown.send(true);
-        let result = match self.pipeline.await {
-            Ok(r) => r,
-            Err(e) => Err(PipelineError::Task(e.to_string())),
+        let (pipeline, merge_task) = (self.pipeline, self.merge_task);
+        let stopping = async move {
+            let result = match pipeline.await {
+                Ok(r) => r,
+                Err(e) => Err(PipelineError::Task(e.to_string())),
+            };
+            if let Some(merge) = merge_task {
+                let _ = merge.await;
+            }
+            result
         };
-        if let Some(merge) = self.merge_task {
-            let _ = merge.await;
+        match tokio::time::timeout(self.shutdown_timeout + STOP_GRACE, stopping).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(
+                    timeout = ?self.shutdown_timeout + STOP_GRACE,
+                    "shutdown did not finish in time (Kafka or BigQuery unreachable?); abandoning it: unfinished changes stay pending in the WAL or are redelivered"
+                );
+                Ok(Stopped::Abandoned)
+            }
         }
-        result
     }
 }
 

@@ -9,11 +9,19 @@
 //! flight, commits their commit points, and only then lets the partitions go,
 //! so the next owner starts where this one stopped. What is still in flight
 //! after the timeout is not committed: the next owner re-reads it.
+//!
+//! librdkafka runs that callback inside the consumer's poll, i.e. on the
+//! tokio worker that polls the stream. The wait therefore leaves the async
+//! scheduler first (`block_in_place`: the worker's other tasks move to a
+//! fresh worker), so the ship tasks it waits for keep running even on a
+//! runtime with a single worker.
 
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use super::progress::{self, SharedProgress};
 use super::tracker::TopicPartition;
 use crate::config::KafkaConfig;
+use crate::metrics::{Metrics, SharedMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -44,6 +53,23 @@ pub struct SourceContext {
     pub events: Arc<Mutex<Vec<RebalanceEvent>>>,
     pub progress: SharedProgress,
     pub revoke_timeout: Duration,
+    pub metrics: SharedMetrics,
+    /// Set when the consumer is being closed (shutdown): the revoke that
+    /// closing triggers neither waits nor commits synchronously, so a close
+    /// with the broker or BigQuery gone is not held up by it.
+    pub closing: Arc<AtomicBool>,
+}
+
+/// Runs the blocking `wait` without stalling the async runtime it may be
+/// called from (a rebalance callback runs inside a tokio task's poll).
+fn wait_outside_the_scheduler<T>(wait: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        // A current-thread runtime cannot lend its thread; the wait is bounded
+        // by `revoke_timeout` (the service always runs multi-threaded).
+        _ => wait(),
+    }
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -62,8 +88,9 @@ impl ConsumerContext for SourceContext {
             let parts = partitions(tpl);
             // Land and commit what is in flight for these partitions first.
             // Ship tasks resolve keys on other threads meanwhile.
-            let deadline = Instant::now() + self.revoke_timeout;
-            let (outstanding, points) = loop {
+            let closing = self.closing.load(Ordering::SeqCst);
+            let deadline = if closing { Instant::now() } else { Instant::now() + self.revoke_timeout };
+            let (outstanding, points) = wait_outside_the_scheduler(|| loop {
                 let (outstanding, points) = {
                     let p = progress::lock(&self.progress);
                     (p.tracker.outstanding_in(&parts), p.tracker.points_in(&parts))
@@ -72,13 +99,18 @@ impl ConsumerContext for SourceContext {
                     break (outstanding, points);
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            };
+            });
+            Metrics::add(&self.metrics.revokes, 1);
+            if outstanding > 0 && !closing {
+                Metrics::add(&self.metrics.revokes_timed_out, 1);
+            }
             if !points.is_empty() {
                 let mut tpl = TopicPartitionList::new();
                 for ((t, p), o) in &points {
                     let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
                 }
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                let mode = if closing { CommitMode::Async } else { CommitMode::Sync };
+                if let Err(e) = consumer.commit(&tpl, mode) {
                     tracing::warn!(error = %e, "commit on revoke failed; the next owner re-reads from the previous commit");
                 }
             }
@@ -117,6 +149,33 @@ impl ConsumerContext for SourceContext {
 
 pub type Source = StreamConsumer<SourceContext>;
 
+/// The consumer. Closing a Kafka consumer blocks (it leaves the group and
+/// may wait for an unreachable coordinator), so when the last handle drops
+/// the close runs on a blocking thread, never on an async worker, and the
+/// revoke it triggers does not wait ([`SourceContext::closing`]).
+pub struct Consumer(Option<Source>);
+
+impl Deref for Consumer {
+    type Target = Source;
+    fn deref(&self) -> &Source {
+        self.0.as_ref().expect("the consumer is present until dropped")
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.context().closing.store(true, Ordering::SeqCst);
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(move || drop(c));
+                }
+                Err(_) => drop(c),
+            }
+        }
+    }
+}
+
 /// The librdkafka configuration landfall uses, from `[kafka]`.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -138,12 +197,17 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-pub fn subscribe(cfg: &KafkaConfig, progress: SharedProgress, revoke_timeout: Duration) -> Result<(Source, SourceContext), SourceError> {
-    let ctx = SourceContext { events: Default::default(), progress, revoke_timeout };
+pub fn subscribe(
+    cfg: &KafkaConfig,
+    progress: SharedProgress,
+    revoke_timeout: Duration,
+    metrics: SharedMetrics,
+) -> Result<(Consumer, SourceContext), SourceError> {
+    let ctx = SourceContext { events: Default::default(), progress, revoke_timeout, metrics, closing: Default::default() };
     let consumer: Source = client_config(cfg).create_with_context(ctx.clone()).map_err(SourceError::Create)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| SourceError::Subscribe { topics: cfg.topics.clone(), source })?;
-    Ok((consumer, ctx))
+    Ok((Consumer(Some(consumer)), ctx))
 }
 
 /// Commits `points` (next offset to consume, per partition) asynchronously.
