@@ -142,7 +142,13 @@ impl BigQuerySink {
                         // the same insertIds (insertId and the MERGE's key dedup
                         // absorb any copy BigQuery already kept).
                         Metrics::add(&self.metrics.untrusted_responses, 1);
-                        tracing::warn!(table, rows = todo.len(), attempt, why, "insertAll response cannot be tied to its rows; re-sending the request");
+                        tracing::warn!(
+                            table,
+                            rows = todo.len(),
+                            attempt,
+                            why,
+                            "insertAll response cannot be tied to its rows; re-sending the request"
+                        );
                         self.backoff(attempt).await?;
                         attempt += 1;
                     }
@@ -307,7 +313,9 @@ pub enum RowAnswer {
     Rejected(String),
     /// Re-send the row; `stopped` when every reason was "stopped" (the row
     /// is fine, another row of the request was not).
-    Retry { stopped: bool },
+    Retry {
+        stopped: bool,
+    },
 }
 
 /// Interprets the `insertErrors` of an insertAll response to a request of
