@@ -22,7 +22,6 @@ use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequestGzipped;
 use gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors;
 use rand::Rng;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
@@ -30,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
 
-use super::client::{classify, BigQuery, Failure};
+use super::client::{classify_insert_all, BigQuery, Failure};
 use crate::config::BigQueryConfig;
 use crate::decode::row::COL_INGESTED;
 use crate::decode::value::format_timestamp_micros;
@@ -124,6 +123,7 @@ impl BigQuerySink {
                 tracing::error!(error = %e, "could not build an insertAll body");
                 SinkError::Shutdown
             })?;
+            let size = (body.plain_len, body.gzipped.len());
             let result = {
                 let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
                 Metrics::add(&self.metrics.requests, 1);
@@ -132,8 +132,7 @@ impl BigQuerySink {
                 if attempt > 0 {
                     Metrics::add(&self.metrics.request_retries, 1);
                 }
-                let req = TableDataInsertAllRequestGzipped::new(body.gzipped);
-                self.bq.client.tabledata().insert_all_gzipped(&self.bq.project, &self.bq.dataset, table, req).await
+                self.bq.insert_all_gzipped(table, body.gzipped).await
             };
             match result {
                 Ok(resp) => match interpret(resp.insert_errors.as_deref().unwrap_or_default(), todo.len()) {
@@ -177,14 +176,17 @@ impl BigQuerySink {
                         todo = again;
                     }
                 },
-                Err(e) => match classify(&e) {
+                Err(e) => match classify_insert_all(&e) {
                     Failure::Transient(why) => {
                         tracing::warn!(table, rows = todo.len(), attempt, error = %why, "insertAll failed; retrying with backoff");
                         self.backoff(attempt).await?;
                         attempt += 1;
                     }
                     Failure::Invalid(why) if todo.len() == 1 => {
-                        out[todo[0]] = Some(RowOutcome::Rejected(format!("insertAll refused the row: {why}")));
+                        out[todo[0]] = Some(RowOutcome::Rejected(format!(
+                            "insertAll refused the row: {why} (its request was {} bytes of JSON, {} gzipped)",
+                            size.0, size.1
+                        )));
                         todo.clear();
                     }
                     Failure::Invalid(why) => {
