@@ -11,8 +11,21 @@
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
 //! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
 //! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows. A request BigQuery
-//! refuses as a whole (HTTP 400) is split in halves until the bad row is
-//! alone, so one bad row never blocks the others.
+//! refuses as a whole (HTTP 400, HTTP 413, or any other 4xx answered with a
+//! body that is not BigQuery's JSON, see [`classify_insert_all`]) is split in
+//! halves until the bad row is alone, which is then rejected with the status,
+//! a short sanitized start of the body and the size of its request; so one
+//! bad row never blocks the others. Non-JSON 5xx answers are transient.
+//!
+//! A response is read by [`interpret`] as a whole: a row landed only if the
+//! response is trusted and has no error entry for it. An error entry without
+//! an `index`, or with one outside the request, makes the response untrusted:
+//! no row of it is marked landed, the same rows go again with the same
+//! insertIds after a backoff (insertId and the MERGE's key dedup absorb a copy
+//! BigQuery may have kept), and the answer is counted in
+//! `untrusted_responses`. Rows answered `stopped` next to a rejected row are
+//! re-sent at once; a response that landed or rejected no row is followed by
+//! a backoff, so the sender never busy-loops.
 
 use std::sync::Arc;
 use std::time::Duration;
