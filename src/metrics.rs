@@ -35,6 +35,9 @@ pub struct Metrics {
     /// insertAll requests sent, and those retried.
     pub requests: AtomicU64,
     pub request_retries: AtomicU64,
+    /// insertAll responses with an error entry that names no row of the
+    /// request: nothing was marked landed and the request was re-sent.
+    pub untrusted_responses: AtomicU64,
     /// insertAll body bytes: as plain JSON, and as sent (gzipped).
     pub request_bytes_plain: AtomicU64,
     pub request_bytes_sent: AtomicU64,
@@ -117,6 +120,7 @@ impl Metrics {
             skipped = g(&self.skipped),
             requests = g(&self.requests),
             request_retries = g(&self.request_retries),
+            untrusted_responses = g(&self.untrusted_responses),
             recovered = g(&self.recovered),
             revokes = g(&self.revokes),
             revokes_timed_out = g(&self.revokes_timed_out),

@@ -16,6 +16,11 @@
 //! - [`Fault::InvalidRow`]: one bad row in an insertAll; BigQuery rejects it ("invalid")
 //!   and every other row of the request ("stopped"), inserting nothing.
 //! - [`Fault::RowsBackendError`]: a transient per-row failure of a whole insertAll.
+//! - [`Fault::AllStopped`]: every row of an insertAll answered "stopped", none "invalid".
+//! - [`Fault::UnusableErrorEntry`]: an insertAll answer whose error entry names no row
+//!   of the request (no index, or one out of range), inserting nothing.
+//! - [`Fault::RawStatus`]: an answer that is not BigQuery's JSON (a front end's 413
+//!   "Request Entity Too Large", an HTML 400 or 502), without forwarding.
 //!
 //! [`FaultProxy::set_strip_insert_ids`] models an endpoint that never dedups by insertId.
 //! Request bodies are inspected as JSON: a gzip-encoded body (landfall gzips insertAll) is
@@ -70,15 +75,24 @@ pub enum Fault {
     InvalidRow { invalid_index: usize },
     /// insertAll only: do not forward; answer 200 with every row failing with "backendError".
     RowsBackendError,
+    /// insertAll only: do not forward; answer 200 with every row failing with "stopped".
+    AllStopped,
+    /// insertAll only: do not forward; answer 200 with a single insertErrors entry
+    /// (reason "invalid") whose `index` is this one, or absent when `None`.
+    UnusableErrorEntry { index: Option<i64> },
+    /// Answer with this status, `Content-Type` and body verbatim, without forwarding.
+    RawStatus { target: Target, code: u16, content_type: String, body: String },
 }
 
 impl Fault {
     fn applies_to(&self, kind: &Kind) -> bool {
         let target = match self {
-            Fault::Status { target, .. } | Fault::Delay { target, .. } | Fault::Reset { target } | Fault::ForwardThenReset { target } => {
-                target
-            }
-            Fault::InvalidRow { .. } | Fault::RowsBackendError => &Target::InsertAll,
+            Fault::Status { target, .. }
+            | Fault::Delay { target, .. }
+            | Fault::Reset { target }
+            | Fault::ForwardThenReset { target }
+            | Fault::RawStatus { target, .. } => target,
+            Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped | Fault::UnusableErrorEntry { .. } => &Target::InsertAll,
         };
         match target {
             Target::InsertAll => kind.insert_all,
@@ -261,7 +275,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let Some(fault) = fault else {
         return forward(&inner, parts, body, &kind).await;
     };
-    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError) && rows.is_none() {
+    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped) && rows.is_none() {
         tracing::warn!("fault proxy: insertAll body has no rows array; forwarding instead");
         return forward(&inner, parts, body, &kind).await;
     }
@@ -287,6 +301,22 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
             Ok(insert_errors(rows.unwrap_or(0), |i| if i == invalid_index { ("invalid", "injected invalid row") } else { ("stopped", "") }))
         }
         Fault::RowsBackendError => Ok(insert_errors(rows.unwrap_or(0), |_| ("backendError", "injected backend error"))),
+        Fault::AllStopped => Ok(insert_errors(rows.unwrap_or(0), |_| ("stopped", ""))),
+        Fault::UnusableErrorEntry { index } => {
+            let mut entry = json!({"errors": [{"reason": "invalid", "location": "", "message": "injected unusable error entry"}]});
+            if let Some(i) = index {
+                entry["index"] = json!(i);
+            }
+            Ok(json_response(StatusCode::OK, &json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": [entry]})))
+        }
+        Fault::RawStatus { code, content_type, body, .. } => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            Ok(resp)
+        }
     }
 }
 
@@ -488,6 +518,28 @@ mod tests {
         let (_, body) = post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
         assert_eq!(reasons(&body), vec!["backendError"; 3]);
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn all_stopped_unusable_entry_and_raw_status_answer_without_forwarding() {
+        let (proxy, seen, origin, c) = setup().await;
+        proxy.push(Fault::AllStopped);
+        proxy.push(Fault::UnusableErrorEntry { index: None });
+        proxy.push(Fault::UnusableErrorEntry { index: Some(7) });
+        let html = "<html><body>413 Request Entity Too Large</body></html>";
+        proxy.push(Fault::RawStatus { target: Target::InsertAll, code: 413, content_type: "text/html".into(), body: html.into() });
+        let (_, body) = post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
+        let errs = body["insertErrors"].as_array().unwrap();
+        assert!(errs.len() == 3 && errs.iter().all(|e| e["errors"][0]["reason"] == "stopped"), "{body}");
+        let (_, body) = post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
+        assert!(body["insertErrors"][0].get("index").is_none() && body["insertErrors"].as_array().unwrap().len() == 1, "{body}");
+        let (_, body) = post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
+        assert_eq!(body["insertErrors"][0]["index"], 7);
+        let resp = c.post(format!("{origin}{INSERT}")).json(&rows3()).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned()), (413, "text/html".into()));
+        assert_eq!(resp.text().await.unwrap(), html);
+        assert!(seen.lock().unwrap().is_empty());
+        assert_eq!(proxy.stats().faults_injected, 4);
     }
 
     #[tokio::test]

@@ -3,16 +3,23 @@
 //! Production talks to Google's endpoint with a service-account key or
 //! application default credentials; `bigquery.endpoint` points the same code
 //! at an emulator. Tokens and key contents never appear in logs or errors.
+//!
+//! insertAll is sent by [`BigQuery::insert_all_gzipped`] rather than by the
+//! crate: gcp-bigquery-client 0.28 turns an error answer whose body is not
+//! BigQuery's JSON (a 413 from a front end, an HTML 400 or 502) into a
+//! `reqwest` decode error without status or body, so that it could only be
+//! retried blindly. [`classify_insert_all`] maps such answers by status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
-use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::error::{BQError, ResponseError};
 use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::query_response::QueryResponse;
+use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertAllResponse;
 use gcp_bigquery_client::Client;
 
 use crate::config::{Auth, BigQueryConfig};
@@ -44,7 +51,8 @@ pub fn classify(e: &BQError) -> Failure {
         BQError::ResponseError { error } => {
             let code = error.error.code;
             let msg = format!("HTTP {code}: {}", error.error.message);
-            if code == 400 {
+            // 413: the request is too large; halves of it may not be.
+            if code == 400 || code == 413 {
                 Failure::Invalid(msg)
             } else {
                 Failure::Transient(msg)
@@ -73,6 +81,105 @@ pub fn classify(e: &BQError) -> Failure {
     }
 }
 
+/// An insertAll that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertAllError {
+    #[error(transparent)]
+    Client(#[from] BQError),
+    /// An answer that is not BigQuery's JSON: `prefix` is the start of the
+    /// body, whitespace collapsed, printable characters only, redacted.
+    #[error("HTTP {status} {reason} with a non-JSON body ({content_type}): {prefix:?}")]
+    Unreadable { status: u16, reason: &'static str, content_type: String, prefix: String },
+}
+
+/// Longest body prefix kept in an [`InsertAllError::Unreadable`].
+const BODY_PREFIX_CHARS: usize = 120;
+
+/// Classifies a failed insertAll. Non-JSON answers: 413 and other 4xx are
+/// [`Failure::Invalid`] (the request is split until the row at fault is
+/// alone, which is then rejected), except the ones that are not about the
+/// request (401, 403, 404: they need the operator; 408, 429: wait), which
+/// are transient like 5xx and an unreadable 2xx.
+pub fn classify_insert_all(e: &InsertAllError) -> Failure {
+    match e {
+        InsertAllError::Client(e) => classify(e),
+        InsertAllError::Unreadable { status, .. } if (400..500).contains(status) && ![401, 403, 404, 408, 429].contains(status) => {
+            Failure::Invalid(e.to_string())
+        }
+        InsertAllError::Unreadable { .. } => Failure::Transient(e.to_string()),
+    }
+}
+
+/// Interprets an insertAll answer: a success parses as the response, an
+/// error as BigQuery's JSON error if it is one, and as
+/// [`InsertAllError::Unreadable`] otherwise.
+pub fn insert_all_answer(status: u16, content_type: &str, body: &[u8]) -> Result<TableDataInsertAllResponse, InsertAllError> {
+    if (200..300).contains(&status) {
+        if let Ok(r) = serde_json::from_slice(body) {
+            return Ok(r);
+        }
+    } else if let Ok(error) = serde_json::from_slice::<ResponseError>(body) {
+        return Err(BQError::ResponseError { error }.into());
+    }
+    let reason = reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    Err(InsertAllError::Unreadable { status, reason, content_type: sanitize(content_type, 60), prefix: sanitize_body(body) })
+}
+
+/// The start of a body, safe to log: printable characters, whitespace collapsed, redacted.
+fn sanitize_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4 * BODY_PREFIX_CHARS)]);
+    redact(&sanitize(&text, BODY_PREFIX_CHARS))
+}
+
+fn sanitize(s: &str, max_chars: usize) -> String {
+    let printable: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    printable.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(max_chars).collect()
+}
+
+/// The OAuth scope gcp-bigquery-client asks for.
+const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+
+/// A yup-oauth2 authenticator (service-account key, ADC, or gcloud's
+/// authorized user), as gcp-bigquery-client builds it.
+#[derive(Clone)]
+struct Yup(yup_oauth2::authenticator::DefaultAuthenticator);
+
+#[async_trait]
+impl Authenticator for Yup {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok(self.0.token(&[SCOPE]).await?.token().ok_or(BQError::NoToken)?.to_string())
+    }
+}
+
+/// Application default credentials the way gcp-bigquery-client 0.28 reads
+/// them: gcloud's authorized-user file if GOOGLE_APPLICATION_CREDENTIALS (or
+/// the default path) holds one, else yup-oauth2's flow (key file or metadata server).
+async fn application_default() -> Result<Yup, BQError> {
+    let path = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config/gcloud/application_default_credentials.json"))
+    });
+    if let Some(contents) = match path {
+        Some(p) => tokio::fs::read_to_string(p).await.ok(),
+        None => None,
+    } {
+        let is_user = serde_json::from_str::<serde_json::Value>(&contents).ok().is_some_and(|v| v["type"] == "authorized_user");
+        if is_user {
+            let secret = serde_json::from_str(&contents)?;
+            let auth = yup_oauth2::AuthorizedUserAuthenticator::builder(secret)
+                .build()
+                .await
+                .map_err(BQError::InvalidAuthorizedUserAuthenticator)?;
+            return Ok(Yup(auth));
+        }
+    }
+    let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts::default();
+    let auth = match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts).await {
+        yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::InstanceMetadata(a) => a.build().await,
+        yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::ServiceAccount(a) => a.build().await,
+    };
+    Ok(Yup(auth.map_err(BQError::InvalidApplicationDefaultCredentialsAuthenticator)?))
+}
+
 /// A fixed token for emulators (`auth = { method = "none" }`).
 #[derive(Clone)]
 struct NoAuth;
@@ -88,6 +195,10 @@ impl Authenticator for NoAuth {
 #[derive(Clone)]
 pub struct BigQuery {
     pub client: Arc<Client>,
+    /// The HTTP client, authenticator and base URL `client` uses, for insertAll.
+    http: reqwest::Client,
+    auth: Arc<dyn Authenticator>,
+    base_url: String,
     pub project: String,
     pub dataset: String,
     pub location: String,
@@ -104,30 +215,66 @@ impl BigQuery {
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
-        builder.with_client(http);
-        if let Some(endpoint) = &cfg.endpoint {
-            builder.with_v2_base_url(endpoint.trim_end_matches('/').to_owned());
-        }
-        let client = match &cfg.auth {
-            Auth::None => builder.build_from_authenticator(Arc::new(NoAuth)).await.map_err(|e| ClientError::Http(redact(&e)))?,
+        builder.with_client(http.clone());
+        let base_url = cfg.endpoint.as_deref().unwrap_or("https://bigquery.googleapis.com/bigquery/v2").trim_end_matches('/').to_owned();
+        builder.with_v2_base_url(base_url.clone());
+        let auth: Arc<dyn Authenticator> = match &cfg.auth {
+            Auth::None => Arc::new(NoAuth),
             Auth::ServiceAccountKey { key_file } => {
                 let path = key_file.to_string_lossy().into_owned();
                 if let Err(e) = std::fs::metadata(key_file) {
                     return Err(ClientError::KeyFile { path, message: e.to_string() });
                 }
-                builder.build_from_service_account_key_file(&path).await.map_err(|e| ClientError::KeyFile { path, message: redact(&e) })?
+                let key = yup_oauth2::read_service_account_key(key_file)
+                    .await
+                    .map_err(|e| ClientError::KeyFile { path: path.clone(), message: redact(&e) })?;
+                let auth = yup_oauth2::ServiceAccountAuthenticator::builder(key)
+                    .build()
+                    .await
+                    .map_err(|e| ClientError::KeyFile { path, message: redact(&e) })?;
+                Arc::new(Yup(auth))
             }
-            Auth::ApplicationDefault => {
-                builder.build_from_application_default_credentials().await.map_err(|e| ClientError::Adc(redact(&e)))?
-            }
+            Auth::ApplicationDefault => Arc::new(application_default().await.map_err(|e| ClientError::Adc(redact(&e)))?),
         };
+        let client = builder.build_from_authenticator(auth.clone()).await.map_err(|e| ClientError::Http(redact(&e)))?;
         Ok(BigQuery {
             client: Arc::new(client),
+            http,
+            auth,
+            base_url,
             project: cfg.project.clone(),
             dataset: cfg.dataset.clone(),
             location: cfg.location.clone(),
             query_wait: (cfg.request_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(10)),
         })
+    }
+
+    /// Sends one gzipped insertAll body, as gcp-bigquery-client's
+    /// `insert_all_gzipped` does, keeping the status and the start of the
+    /// body of an answer that is not BigQuery's JSON.
+    pub async fn insert_all_gzipped(&self, table: &str, gzipped: Vec<u8>) -> Result<TableDataInsertAllResponse, InsertAllError> {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || b"*-._".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect()
+        };
+        let url =
+            format!("{}/projects/{}/datasets/{}/tables/{}/insertAll", self.base_url, enc(&self.project), enc(&self.dataset), enc(table));
+        let token = self.auth.access_token().await?;
+        let resp = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_ENCODING, "gzip")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .bearer_auth(token)
+            .body(gzipped)
+            .send()
+            .await
+            .map_err(BQError::from)?;
+        let status = resp.status().as_u16();
+        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let body = resp.bytes().await.map_err(BQError::from)?;
+        insert_all_answer(status, &content_type, &body)
     }
 
     /// Runs one standard-SQL statement and waits for it to finish.
@@ -180,6 +327,37 @@ pub fn cell(row: &gcp_bigquery_client::model::table_row::TableRow, i: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_json_insert_all_answers_keep_their_status_and_a_short_clean_prefix() {
+        let html = b"<html>\r\n<head><title>400 Bad Request</title></head>\n<body>bad \x1b[31m request</body></html>";
+        let e = insert_all_answer(400, "text/html", html).unwrap_err();
+        let Failure::Invalid(why) = classify_insert_all(&e) else { panic!("{e}") };
+        assert!(
+            why.contains("HTTP 400 Bad Request") && why.contains("text/html") && why.contains("<title>400 Bad Request</title>"),
+            "{why}"
+        );
+        assert!(!why.contains('\n') && !why.contains('\x1b'), "{why}");
+        let long = "x".repeat(10_000);
+        let e = insert_all_answer(413, "text/html", long.as_bytes()).unwrap_err();
+        let Failure::Invalid(why) = classify_insert_all(&e) else { panic!("{e}") };
+        assert!(why.contains("413 Payload Too Large") && why.len() < 300, "{why}");
+        for status in [502, 503, 429, 408, 403, 200] {
+            let e = insert_all_answer(status, "text/html", b"<html>oops</html>").unwrap_err();
+            assert!(matches!(classify_insert_all(&e), Failure::Transient(_)), "{status}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_insert_all_answers_parse_as_before() {
+        let ok = insert_all_answer(200, "application/json", br#"{"kind":"k","insertErrors":[{"index":0,"errors":[]}]}"#).unwrap();
+        assert_eq!(ok.insert_errors.unwrap().len(), 1);
+        let err = br#"{"error":{"code":413,"message":"too big","errors":[],"status":"X"}}"#;
+        let e = insert_all_answer(413, "application/json", err).unwrap_err();
+        assert_eq!(classify_insert_all(&e), Failure::Invalid("HTTP 413: too big".into()));
+        let err = br#"{"error":{"code":503,"message":"down","errors":[]}}"#;
+        assert!(matches!(classify_insert_all(&insert_all_answer(503, "", err).unwrap_err()), Failure::Transient(_)));
+    }
 
     #[test]
     fn redaction() {

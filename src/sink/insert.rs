@@ -11,8 +11,21 @@
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
 //! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
 //! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows. A request BigQuery
-//! refuses as a whole (HTTP 400) is split in halves until the bad row is
-//! alone, so one bad row never blocks the others.
+//! refuses as a whole (HTTP 400, HTTP 413, or any other 4xx answered with a
+//! body that is not BigQuery's JSON, see [`classify_insert_all`]) is split in
+//! halves until the bad row is alone, which is then rejected with the status,
+//! a short sanitized start of the body and the size of its request; so one
+//! bad row never blocks the others. Non-JSON 5xx answers are transient.
+//!
+//! A response is read by [`interpret`] as a whole: a row landed only if the
+//! response is trusted and has no error entry for it. An error entry without
+//! an `index`, or with one outside the request, makes the response untrusted:
+//! no row of it is marked landed, the same rows go again with the same
+//! insertIds after a backoff (insertId and the MERGE's key dedup absorb a copy
+//! BigQuery may have kept), and the answer is counted in
+//! `untrusted_responses`. Rows answered `stopped` next to a rejected row are
+//! re-sent at once; a response that landed or rejected no row is followed by
+//! a backoff, so the sender never busy-loops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +35,14 @@ use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequestGzipped;
+use gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors;
 use rand::Rng;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
 
-use super::client::{classify, BigQuery, Failure};
+use super::client::{classify_insert_all, BigQuery, Failure};
 use crate::config::BigQueryConfig;
 use crate::decode::row::COL_INGESTED;
 use crate::decode::value::format_timestamp_micros;
@@ -123,6 +136,7 @@ impl BigQuerySink {
                 tracing::error!(error = %e, "could not build an insertAll body");
                 SinkError::Shutdown
             })?;
+            let size = (body.plain_len, body.gzipped.len());
             let result = {
                 let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
                 Metrics::add(&self.metrics.requests, 1);
@@ -131,63 +145,61 @@ impl BigQuerySink {
                 if attempt > 0 {
                     Metrics::add(&self.metrics.request_retries, 1);
                 }
-                let req = TableDataInsertAllRequestGzipped::new(body.gzipped);
-                self.bq.client.tabledata().insert_all_gzipped(&self.bq.project, &self.bq.dataset, table, req).await
+                self.bq.insert_all_gzipped(table, body.gzipped).await
             };
             match result {
-                Ok(resp) => {
-                    let mut errors: Vec<(usize, Vec<(String, String)>)> = Vec::new();
-                    // (reason, "at `location`: message") per error of a row.
-                    for e in resp.insert_errors.unwrap_or_default() {
-                        let Some(idx) = e.index.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < todo.len()) else { continue };
-                        let reasons = e
-                            .errors
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|p| {
-                                let at = p.location.filter(|l| !l.is_empty()).map(|l| format!(" at `{l}`")).unwrap_or_default();
-                                (p.reason.unwrap_or_default(), format!("{at}: {}", p.message.unwrap_or_default()))
-                            })
-                            .collect();
-                        errors.push((idx, reasons));
-                    }
-                    let mut again = Vec::new();
-                    let mut only_stopped = true;
-                    let mut failed = vec![false; todo.len()];
-                    for (idx, reasons) in errors {
-                        failed[idx] = true;
-                        let row = todo[idx];
-                        let permanent = reasons.iter().find(|(r, _)| !is_retryable_reason(r));
-                        match permanent {
-                            Some((reason, message)) => {
-                                out[row] = Some(RowOutcome::Rejected(format!("insertAll {reason}{message}")));
-                            }
-                            None => {
-                                only_stopped &= reasons.iter().all(|(r, _)| r == "stopped");
-                                again.push(row);
-                            }
-                        }
-                    }
-                    for (pos, &row) in todo.iter().enumerate() {
-                        if !failed[pos] {
-                            out[row] = Some(RowOutcome::Landed);
-                        }
-                    }
-                    if !again.is_empty() && !only_stopped {
-                        tracing::warn!(table, rows = again.len(), "insertAll rows failed transiently; retrying");
+                Ok(resp) => match interpret(resp.insert_errors.as_deref().unwrap_or_default(), todo.len()) {
+                    Answer::Untrusted(why) => {
+                        // Nothing is marked landed: the same rows go again with
+                        // the same insertIds (insertId and the MERGE's key dedup
+                        // absorb any copy BigQuery already kept).
+                        Metrics::add(&self.metrics.untrusted_responses, 1);
+                        tracing::warn!(
+                            table,
+                            rows = todo.len(),
+                            attempt,
+                            why,
+                            "insertAll response cannot be tied to its rows; re-sending the request"
+                        );
                         self.backoff(attempt).await?;
                         attempt += 1;
                     }
-                    todo = again;
-                }
-                Err(e) => match classify(&e) {
+                    Answer::Rows(answers) => {
+                        let mut again = Vec::new();
+                        let mut only_stopped = true;
+                        for (&row, answer) in todo.iter().zip(answers) {
+                            match answer {
+                                RowAnswer::Landed => out[row] = Some(RowOutcome::Landed),
+                                RowAnswer::Rejected(reason) => out[row] = Some(RowOutcome::Rejected(reason)),
+                                RowAnswer::Retry { stopped } => {
+                                    only_stopped &= stopped;
+                                    again.push(row);
+                                }
+                            }
+                        }
+                        // Rows answered `stopped` next to a rejected row are re-sent at
+                        // once; without progress (every row answered again) or with
+                        // other transient reasons, only after a backoff: never a busy loop.
+                        let progress = again.len() < todo.len();
+                        if !again.is_empty() && (!only_stopped || !progress) {
+                            tracing::warn!(table, rows = again.len(), attempt, progress, "insertAll rows failed transiently; retrying");
+                            self.backoff(attempt).await?;
+                            attempt += 1;
+                        }
+                        todo = again;
+                    }
+                },
+                Err(e) => match classify_insert_all(&e) {
                     Failure::Transient(why) => {
                         tracing::warn!(table, rows = todo.len(), attempt, error = %why, "insertAll failed; retrying with backoff");
                         self.backoff(attempt).await?;
                         attempt += 1;
                     }
                     Failure::Invalid(why) if todo.len() == 1 => {
-                        out[todo[0]] = Some(RowOutcome::Rejected(format!("insertAll refused the row: {why}")));
+                        out[todo[0]] = Some(RowOutcome::Rejected(format!(
+                            "insertAll refused the row: {why} (its request was {} bytes of JSON, {} gzipped)",
+                            size.0, size.1
+                        )));
                         todo.clear();
                     }
                     Failure::Invalid(why) => {
@@ -298,6 +310,65 @@ fn is_retryable_reason(reason: &str) -> bool {
     matches!(reason, "stopped" | "timeout" | "backendError" | "internalError" | "rateLimitExceeded" | "")
 }
 
+/// What one insertAll response says about the rows of its request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// One answer per row of the request, in request order.
+    Rows(Vec<RowAnswer>),
+    /// An error entry cannot be tied to a row (no `index`, or one out of
+    /// range): which rows it is about is unknown, so no row of the response
+    /// may be counted as landed.
+    Untrusted(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowAnswer {
+    Landed,
+    /// Permanently refused, with `insertAll {reason} at `location`: {message}`.
+    Rejected(String),
+    /// Re-send the row; `stopped` when every reason was "stopped" (the row
+    /// is fine, another row of the request was not).
+    Retry {
+        stopped: bool,
+    },
+}
+
+/// Interprets the `insertErrors` of an insertAll response to a request of
+/// `rows` rows. Pure: no I/O, never panics. A row without an error entry
+/// landed; a row with any permanent reason is rejected; other rows are
+/// retried. Several entries for one index are merged.
+pub fn interpret(errors: &[TableDataInsertAllResponseInsertErrors], rows: usize) -> Answer {
+    // (reason, " at `location`: message") per error, per row.
+    let mut per_row: Vec<Option<Vec<(String, String)>>> = vec![None; rows];
+    for (n, e) in errors.iter().enumerate() {
+        let Some(i) = e.index else {
+            return Answer::Untrusted(format!("insertErrors entry {n} has no index ({} rows sent)", rows));
+        };
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| per_row.get_mut(i)) else {
+            return Answer::Untrusted(format!("insertErrors entry {n} has index {i}, outside the {rows} rows sent"));
+        };
+        let reasons = slot.get_or_insert_with(Vec::new);
+        for p in e.errors.iter().flatten() {
+            let at = p.location.as_deref().filter(|l| !l.is_empty()).map(|l| format!(" at `{l}`")).unwrap_or_default();
+            reasons.push((p.reason.clone().unwrap_or_default(), format!("{at}: {}", p.message.as_deref().unwrap_or_default())));
+        }
+    }
+    Answer::Rows(
+        per_row
+            .into_iter()
+            .map(|r| match r {
+                None => RowAnswer::Landed,
+                // An entry without errors says the row failed, not why: re-send it.
+                Some(reasons) if reasons.is_empty() => RowAnswer::Retry { stopped: false },
+                Some(reasons) => match reasons.iter().find(|(r, _)| !is_retryable_reason(r)) {
+                    Some((reason, message)) => RowAnswer::Rejected(format!("insertAll {reason}{message}")),
+                    None => RowAnswer::Retry { stopped: reasons.iter().all(|(r, _)| r == "stopped") },
+                },
+            })
+            .collect(),
+    )
+}
+
 /// Splits rows into requests within the row and byte limits. Rows that are
 /// too large on their own are returned separately.
 pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
@@ -378,5 +449,51 @@ mod tests {
         let (_, big) = plan_requests(&rows, 500, 1000);
         assert_eq!(big.len(), 1);
         assert_eq!(big[0].0, 10);
+    }
+
+    fn entry(index: Option<i32>, reasons: &[&str]) -> TableDataInsertAllResponseInsertErrors {
+        use gcp_bigquery_client::model::error_proto::ErrorProto;
+        let errors = reasons
+            .iter()
+            .map(|r| ErrorProto { reason: Some(r.to_string()), message: Some(format!("m-{r}")), ..Default::default() })
+            .collect();
+        TableDataInsertAllResponseInsertErrors { index, errors: Some(errors) }
+    }
+
+    #[test]
+    fn rows_without_an_error_entry_landed_and_reasons_decide_the_rest() {
+        let errs = [entry(Some(1), &["invalid"]), entry(Some(0), &["stopped"]), entry(Some(3), &["backendError"])];
+        let Answer::Rows(a) = interpret(&errs, 4) else { panic!("untrusted") };
+        assert_eq!(a[0], RowAnswer::Retry { stopped: true });
+        assert_eq!(a[1], RowAnswer::Rejected("insertAll invalid: m-invalid".into()));
+        assert_eq!(a[2], RowAnswer::Landed);
+        assert_eq!(a[3], RowAnswer::Retry { stopped: false });
+        assert_eq!(interpret(&[], 2), Answer::Rows(vec![RowAnswer::Landed, RowAnswer::Landed]));
+    }
+
+    #[test]
+    fn an_error_entry_that_names_no_row_makes_the_whole_response_untrusted() {
+        // Today's code skipped these entries and counted every row as landed.
+        for errs in [
+            vec![entry(None, &["invalid"])],
+            vec![entry(Some(0), &["stopped"]), entry(Some(2), &["invalid"])],
+            vec![entry(Some(-1), &["stopped"])],
+            vec![entry(Some(i32::MAX), &["backendError"])],
+        ] {
+            assert!(matches!(interpret(&errs, 2), Answer::Untrusted(_)), "{errs:?}");
+        }
+        let Answer::Untrusted(why) = interpret(&[entry(Some(5), &["x"])], 2) else { panic!() };
+        assert!(why.contains("index 5") && why.contains("2 rows"), "{why}");
+    }
+
+    #[test]
+    fn duplicate_entries_for_one_row_are_merged() {
+        let errs = [entry(Some(0), &["stopped"]), entry(Some(0), &["invalid"]), entry(Some(1), &["stopped"]), entry(Some(1), &["timeout"])];
+        let Answer::Rows(a) = interpret(&errs, 2) else { panic!("untrusted") };
+        assert!(matches!(a[0], RowAnswer::Rejected(_)));
+        assert_eq!(a[1], RowAnswer::Retry { stopped: false });
+        // An entry without errors: failed, reason unknown, re-sent.
+        let bare = TableDataInsertAllResponseInsertErrors { index: Some(0), errors: None };
+        assert_eq!(interpret(&[bare], 1), Answer::Rows(vec![RowAnswer::Retry { stopped: false }]));
     }
 }
