@@ -712,6 +712,8 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
 
     #[test]
     fn example_parses_and_expands_env_secrets() {
+        // Tests run in parallel in one process: every test that sets this
+        // variable sets the same value.
         std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
         let c = Config::from_toml(EXAMPLE).unwrap();
         assert_eq!(c.kafka.properties["sasl.password"], "hunter2");
@@ -724,7 +726,7 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
 
     #[test]
     fn sink_kind_defaults_to_bigquery_and_discard_is_selectable() {
-        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
         assert_eq!(Config::from_toml(EXAMPLE).unwrap().sink.kind, SinkKind::Bigquery);
         let discard = format!("{EXAMPLE}\n[sink]\nkind = \"discard\"\n");
         assert_eq!(Config::from_toml(&discard).unwrap().sink.kind, SinkKind::Discard);
@@ -735,14 +737,14 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
     #[test]
     fn unknown_keys_are_rejected() {
         let text = EXAMPLE.replace("[wal]", "[wal]\nretension = \"1d\"");
-        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("retension"), "{err}");
     }
 
     #[test]
     fn validation_names_the_key() {
-        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
         let cases = [
             (EXAMPLE.replace("endpoint = \"http://127.0.0.1:9050/bigquery/v2\"\n", ""), "bigquery.auth"),
             (EXAMPLE.replace("primary_key = [\"id\"]", "primary_key = [\"nope\"]"), "tables[0].primary_key"),
@@ -758,7 +760,7 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
 
     #[test]
     fn keep_when_missing_is_validated() {
-        std::env::set_var("LANDFALL_TEST_SECRET", "x");
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
         let with = |keep: &str| EXAMPLE.replace("primary_key = [\"id\"]", &format!("primary_key = [\"id\"]\nkeep_when_missing = {keep}"));
         assert_eq!(Config::from_toml(&with(r#"["name"]"#)).unwrap().tables[0].keep_when_missing, vec!["name".to_string()]);
         for (keep, why) in

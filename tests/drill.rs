@@ -6,18 +6,26 @@ mod support;
 
 use std::process::Command;
 
-#[test]
-fn drill_with_kills_failpoints_and_takeover_verifies() {
+/// Runs `landfall drill ARGS --json`; its exit status, JSON report and stderr.
+fn drill(args: &[&str]) -> (std::process::ExitStatus, serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_landfall"))
-        .args(["drill", "--rounds", "10", "--changes", "2500", "--load-rows", "150", "--seed", "20261127", "--json"])
+        .arg("drill")
+        .args(args)
+        .arg("--json")
         .env("LANDFALL_BQ_ENDPOINT", support::endpoint())
         .env("LANDFALL_BQ_PROJECT", support::project())
         .output()
         .expect("run landfall drill");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let line = stdout.lines().last().unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
     let r: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\nstderr:\n{stderr}"));
+    (out.status, r, stderr)
+}
+
+#[test]
+fn drill_with_kills_failpoints_and_takeover_verifies() {
+    let (status, r, stderr) = drill(&["--rounds", "10", "--changes", "2500", "--load-rows", "150", "--seed", "20261127"]);
     for key in [
         "seed",
         "rounds",
@@ -44,7 +52,7 @@ fn drill_with_kills_failpoints_and_takeover_verifies() {
     assert!(r["duplicates_absorbed_by_wal"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["graceful_shutdown_ok"], true, "{r}");
     assert_eq!(r["verified"], true, "{r}\nstderr:\n{stderr}");
-    assert!(out.status.success());
+    assert!(status.success());
 }
 
 /// The same drill on DMS's default stream: no transaction details, so a
@@ -53,21 +61,23 @@ fn drill_with_kills_failpoints_and_takeover_verifies() {
 /// final tables must still equal the source.
 #[test]
 fn drill_without_transaction_details_verifies() {
-    let out = Command::new(env!("CARGO_BIN_EXE_landfall"))
-        .args(["drill", "--rounds", "6", "--no-failpoints", "--no-takeover", "--changes", "2000", "--load-rows", "100"])
-        .args(["--seed", "20261128", "--no-transaction-details", "--json"])
-        .env("LANDFALL_BQ_ENDPOINT", support::endpoint())
-        .env("LANDFALL_BQ_PROJECT", support::project())
-        .output()
-        .expect("run landfall drill");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().last().unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
-    let r: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\nstderr:\n{stderr}"));
+    let (status, r, stderr) = drill(&[
+        "--rounds",
+        "6",
+        "--no-failpoints",
+        "--no-takeover",
+        "--changes",
+        "2000",
+        "--load-rows",
+        "100",
+        "--seed",
+        "20261128",
+        "--no-transaction-details",
+    ]);
     assert!(r["kills"].as_u64().unwrap() >= 6, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["duplicate_rows_in_final"], 0, "{r}");
     assert_eq!(r["tables_matching"], r["tables_total"], "{r}");
     assert_eq!(r["verified"], true, "{r}\nstderr:\n{stderr}");
-    assert!(out.status.success());
+    assert!(status.success());
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 use landfall::demo::wait_caught_up;
 use landfall::service::Service;
 use landfall::sim::Simulator;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_and_failing_offset_commits_lose_nothing() {
@@ -55,17 +53,8 @@ async fn rebalances_in_the_middle_of_the_stream_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     // A second member joins the group (taking partitions away from the
     // bridge mid-stream) and later leaves again without committing anything.
-    let intruder: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", &cfg.kafka.group_id)
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    intruder.subscribe(&[&kafka.topic]).unwrap();
     kafka.produce(&msgs[800..1200]).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(8), intruder.recv()).await;
-    drop(intruder);
+    support::intrude(kafka, &cfg.kafka.group_id, Duration::from_secs(8)).await;
     kafka.produce(&msgs[1200..]).unwrap();
     wait_caught_up(cfg, kafka, &service, Duration::from_secs(180)).await.unwrap();
     service.stop().await.unwrap();

@@ -14,8 +14,6 @@ use landfall::drill::proxy::{Fault, FaultProxy, Target};
 use landfall::metrics::Metrics;
 use landfall::service::Service;
 use landfall::sim::Simulator;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::ClientConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_revoke_on_a_one_worker_runtime_lands_what_is_in_flight() {
@@ -45,16 +43,7 @@ async fn a_revoke_on_a_one_worker_runtime_lands_what_is_in_flight() {
     }
     kafka.produce(&msgs[300..]).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let intruder: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", &cfg.kafka.group_id)
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    intruder.subscribe(&[&kafka.topic]).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), intruder.recv()).await;
-    drop(intruder);
+    support::intrude(kafka, &cfg.kafka.group_id, Duration::from_secs(10)).await;
     wait_caught_up(cfg, kafka, &service, Duration::from_secs(180)).await.unwrap();
     let metrics = service.metrics.clone();
     service.stop().await.unwrap();

@@ -121,26 +121,38 @@ pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
 }
 
 /// A routed table that is not part of the simulator, for hand-made messages.
-pub const WIDGETS: &str = r#"
+macro_rules! widgets {
+    () => {
+        r#"
 [[tables]]
 source = "sales.widgets"
 log_table = "widgets_log"
 final_table = "widgets"
 primary_key = ["id"]
 columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
-"#;
+"#
+    };
+}
+pub const WIDGETS: &str = widgets!();
+
+/// A second member of `group` on `topic` (a rebalance for the bridge),
+/// which reads for up to `wait` and then leaves without committing.
+pub async fn intrude(kafka: &LocalKafka, group: &str, wait: std::time::Duration) {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let intruder: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", group)
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    intruder.subscribe(&[&kafka.topic]).unwrap();
+    let _ = tokio::time::timeout(wait, intruder.recv()).await;
+}
 
 /// [`WIDGETS`] ordered by MySQL binlog position (the tests' messages carry
 /// `stream-position` and share one timestamp).
-pub const WIDGETS_BY_POSITION: &str = r#"
-[[tables]]
-source = "sales.widgets"
-log_table = "widgets_log"
-final_table = "widgets"
-primary_key = ["id"]
-columns = [ { name = "id", type = "INT64" }, { name = "label", type = "STRING" } ]
-order_by = "mysql-binlog"
-"#;
+pub const WIDGETS_BY_POSITION: &str = concat!(widgets!(), "order_by = \"mysql-binlog\"\n");
 
 /// Everything a test needs: a mock Kafka topic, a WAL directory, a fresh
 /// dataset with its tables, and the config tying them together.
