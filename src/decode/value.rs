@@ -228,8 +228,15 @@ fn number_text(v: &Value, what: &str) -> Result<String, String> {
 }
 
 fn int64(v: &Value) -> Result<Value, String> {
-    if let Value::Bool(b) = v {
-        return Ok(Value::from(*b as i64));
+    match v {
+        Value::Bool(b) => return Ok(Value::from(*b as i64)),
+        // The common case: an integer that fits, no decimal text to build.
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Value::from(i));
+            }
+        }
+        _ => {}
     }
     let text = number_text(v, "an integer")?;
     let d = parse_decimal(&text).filter(|d| d.frac.is_empty()).ok_or_else(|| format!("{} is not an integer", short(&text)))?;
