@@ -243,7 +243,8 @@ pub struct MergeConfig {
     pub interval: Duration,
     /// How far before the previous watermark a merge reads again, to cover
     /// rows that became visible late. Must exceed `bigquery.request_timeout`
-    /// plus clock skew (docs/design.md, "Merge watermark").
+    /// plus the clock skew between the landfall processes that stamp rows
+    /// (docs/design.md, "Merge watermark", invariant 10).
     #[serde(default = "default_merge_overlap", with = "humantime_serde")]
     pub overlap: Duration,
 }

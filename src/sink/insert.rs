@@ -130,22 +130,28 @@ impl BigQuerySink {
         let mut todo = indices;
         let mut attempt = 0u32;
         while !todo.is_empty() {
-            let now = format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
-            let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
-                // Writing into memory cannot fail; treat it as shutdown rather than guess.
-                tracing::error!(error = %e, "could not build an insertAll body");
-                SinkError::Shutdown
-            })?;
-            let size = (body.plain_len, body.gzipped.len());
-            let result = {
+            let (result, size) = {
+                // The permit first, then the stamp (docs/design.md, invariant
+                // 10): `_landfall_ingested` is taken when the request is about
+                // to go, never before a wait for a permit, so a row is visible
+                // within one request timeout of its stamp however long requests
+                // queued. The body is built under the permit too, so at most
+                // `max_inflight_requests` bodies are in memory.
                 let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
+                let now = format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
+                let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
+                    // Writing into memory cannot fail; treat it as shutdown rather than guess.
+                    tracing::error!(error = %e, "could not build an insertAll body");
+                    SinkError::Shutdown
+                })?;
+                let size = (body.plain_len, body.gzipped.len());
                 Metrics::add(&self.metrics.requests, 1);
                 Metrics::add(&self.metrics.request_bytes_plain, body.plain_len as u64);
                 Metrics::add(&self.metrics.request_bytes_sent, body.gzipped.len() as u64);
                 if attempt > 0 {
                     Metrics::add(&self.metrics.request_retries, 1);
                 }
-                self.bq.insert_all_gzipped(table, body.gzipped).await
+                (self.bq.insert_all_gzipped(table, body.gzipped).await, size)
             };
             match result {
                 Ok(resp) => match interpret(resp.insert_errors.as_deref().unwrap_or_default(), todo.len()) {
