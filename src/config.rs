@@ -132,6 +132,12 @@ pub struct BigQueryConfig {
     /// merge interval plus overlap by a wide margin.
     #[serde(default = "default_log_expiration", with = "humantime_serde")]
     pub log_partition_expiration: Duration,
+    /// For how long after a table's schema changed (landfall added columns,
+    /// or found the table modified that recently) a row refused with "no such
+    /// field" is re-sent instead of dead-lettered: BigQuery's streaming path
+    /// can take minutes to see new columns. `0s` dead-letters at once.
+    #[serde(default = "default_schema_propagation_wait", with = "humantime_serde")]
+    pub schema_propagation_wait: Duration,
 }
 
 /// Where rows go once they are in the WAL.
@@ -361,6 +367,9 @@ fn default_max_inflight_requests() -> usize {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_schema_propagation_wait() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_retry_initial() -> Duration {
     Duration::from_millis(200)

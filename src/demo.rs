@@ -69,6 +69,24 @@ impl LocalKafka {
         send(&self.producer, &self.topic, key, payload)
     }
 
+    /// Produces one message with headers (a name may repeat; `None` is a null value).
+    pub fn produce_with_headers(&self, key: Option<&[u8]>, payload: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> anyhow::Result<()> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let mut h = OwnedHeaders::new();
+        for (name, value) in headers {
+            h = h.insert(Header { key: name, value: *value });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(h);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        self.producer.send(record).map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> anyhow::Result<()> {
         self.producer.flush(Duration::from_secs(30))?;
         Ok(())

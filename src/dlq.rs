@@ -1,26 +1,55 @@
 //! Dead letters: inspecting them and re-driving them after a fix.
 //!
-//! A dead letter is recorded durably in the WAL (with the message's value, or
-//! its first 256 KiB plus length and hash) and in the BigQuery dead-letter
-//! table, before its offset becomes committable. `landfall dlq list|show`
-//! reads the WAL's copy; `landfall dlq replay` decodes the recorded value
-//! again with the current config (say, after adding a column), ships the
-//! rows through the same WAL -> insertAll -> landed path as live traffic,
-//! and marks the dead letter replayed. A dead letter that still fails keeps
-//! its state and is reported with the new reason. The dead-letter table is
+//! A dead letter is recorded durably in the WAL and in the BigQuery
+//! dead-letter table before its offset becomes committable. It keeps the
+//! Kafka message it came from (key, headers, timestamp, the value or its
+//! first 256 KiB plus length and hash) whatever stage refused it, the stage
+//! (`decode`, or `bigquery` for a row BigQuery refused, with that row), and
+//! the reason. `landfall dlq list|show` reads the WAL's copy.
+//!
+//! `landfall dlq replay` re-drives a letter through the path live traffic
+//! takes (WAL pending -> insertAll -> landed), after the config or the table
+//! was fixed:
+//!
+//! * a letter with its whole message: the message is decoded again with the
+//!   current config; rows whose key already landed are not shipped again,
+//!   rows whose key was rejected are shipped again under the same key (the
+//!   pending record overrides the rejection mark);
+//! * a row BigQuery refused whose message was not at hand (refused when it
+//!   was re-shipped after a restart): the row is shipped again as it was
+//!   built, to the same table.
+//!
+//! Re-driven rows keep the ordering value of their change, so the MERGE
+//! places them where the source had them: older than a later change of the
+//! same key, they change nothing; newer, they apply. A letter that still
+//! fails keeps its state and is reported with the new reason (a row refused
+//! again is recorded again under the same id). The dead-letter table is
 //! append-only (a log); the WAL records what was replayed.
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::log::{now_ms, DeadLetter, Wal, WalBatch, WalError};
+use crate::key::DedupKey;
+use crate::log::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Wal, WalBatch, WalError};
 use crate::metrics::Metrics;
-use crate::pipeline::{commit_durably, group, pending_record, plan, ship_and_land, Msg, PipelineError, Plan};
+use crate::pipeline::{commit_durably, group, pending_record, plan, ship_and_land, Msg, Origins, PipelineError, Plan};
 use crate::sink::{ShipRow, Sink, SinkError};
 
-/// `topic/partition@offset`, how dead letters are named on the command line.
-pub fn id(d: &DeadLetter) -> String {
+/// `topic/partition@offset`: the message a dead letter came from.
+pub fn position(d: &DeadLetter) -> String {
     format!("{}/{}@{}", d.topic, d.partition, d.offset)
+}
+
+/// `topic/partition@offset#id`, how a dead letter is named on the command
+/// line (a message can have two: the rows of a primary-key change).
+pub fn id(d: &DeadLetter) -> String {
+    format!("{}#{}", position(d), &DedupKey(d.id).to_hex()[..12])
+}
+
+/// Whether `name` (an [`id`], or a [`position`] for every letter of that
+/// message) names `d`.
+pub fn names(name: &str, d: &DeadLetter) -> bool {
+    name == id(d) || name == position(d)
 }
 
 /// What became of one dead letter in a replay.
@@ -28,10 +57,13 @@ pub fn id(d: &DeadLetter) -> String {
 pub enum Replayed {
     /// Its rows landed (or it is now acknowledged without rows).
     Landed { rows: usize },
-    /// It still cannot become a row.
+    /// It still cannot become a landed row.
     StillFailing { reason: String },
     /// Only a prefix of the value was kept: re-drive it from Kafka instead.
     Truncated,
+    /// Neither its message nor a row it could ship again was kept (a
+    /// letter of an earlier landfall): re-drive it from Kafka instead.
+    NotKept,
     /// Replayed earlier already.
     AlreadyReplayed,
 }
@@ -48,54 +80,114 @@ pub async fn replay(
     let letters: Vec<DeadLetter> = wal.dead_letters().collect::<Result<Vec<_>, WalError>>()?;
     let mut out = Vec::new();
     for d in letters.into_iter().filter(|d| select(d)) {
-        if wal.replayed_at(&d)?.is_some() {
-            out.push((id(&d), Replayed::AlreadyReplayed));
-            continue;
-        }
-        if d.payload_len as usize != d.payload_prefix.len() {
-            out.push((id(&d), Replayed::Truncated));
-            continue;
-        }
-        let payload = if d.payload_len == 0 && d.reason.contains("tombstone") { None } else { Some(d.payload_prefix.clone()) };
-        let msg = Msg { topic: d.topic.clone(), partition: d.partition, offset: d.offset, payload, produced_ms: None };
-        let result = match plan(cfg, &msg, metrics) {
-            Plan::Dead(again) => Replayed::StillFailing { reason: again.reason },
-            Plan::Ack => {
-                let mut b = WalBatch::default();
-                b.dead_letter_replayed(&d, now_ms());
-                commit_durably(wal, b, metrics).await?;
-                Replayed::Landed { rows: 0 }
-            }
-            Plan::Rows(rows) => {
-                // The same discipline as live traffic: pending first (this
-                // overrides a `rejected` mark of the same key), then ship.
-                let rows: Vec<(String, ShipRow)> = rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect();
-                let mut b = WalBatch::default();
-                for (table, row) in &rows {
-                    b.pending(&row.key, &pending_record(table, row));
-                }
-                commit_durably(wal, b, metrics).await?;
-                let n = rows.len();
-                let this = Metrics::default();
-                let shipped = ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), &this).await?;
-                Metrics::add(&metrics.landed, Metrics::get(&this.landed));
-                Metrics::add(&metrics.dead_lettered, Metrics::get(&this.dead_lettered));
-                match shipped {
-                    Err(SinkError::Shutdown) => return Err(PipelineError::Task("replay interrupted".into())),
-                    Ok(_) if Metrics::get(&this.dead_lettered) > 0 => {
-                        // BigQuery rejected a row again: it is a new dead letter.
-                        Replayed::StillFailing { reason: "BigQuery rejected the row again (see the new dead letter)".into() }
-                    }
-                    Ok(_) => {
-                        let mut b = WalBatch::default();
-                        b.dead_letter_replayed(&d, now_ms());
-                        commit_durably(wal, b, metrics).await?;
-                        Replayed::Landed { rows: n }
-                    }
-                }
+        let result = if wal.replayed_at(&d)?.is_some() {
+            Replayed::AlreadyReplayed
+        } else {
+            match (&d.message, &d.row) {
+                (Some(m), _) if !m.is_whole() => Replayed::Truncated,
+                (Some(m), _) => redrive_message(cfg, wal, sink, metrics, &d, m).await?,
+                (None, Some(r)) if !r.table.is_empty() => reship_row(cfg, wal, sink, metrics, &d, r).await?,
+                (None, _) => Replayed::NotKept,
             }
         };
         out.push((id(&d), result));
     }
     Ok(out)
+}
+
+/// Decodes the letter's message again with the current config and ships
+/// the rows that did not land.
+async fn redrive_message(
+    cfg: &Config,
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    metrics: &Metrics,
+    d: &DeadLetter,
+    m: &KafkaMessage,
+) -> Result<Replayed, PipelineError> {
+    let msg = Msg {
+        topic: d.topic.clone(),
+        partition: d.partition,
+        offset: d.offset,
+        key: m.key.clone(),
+        headers: m.headers.clone(),
+        payload: m.has_value.then(|| m.value_prefix.clone()),
+        produced_ms: m.timestamp_ms,
+    };
+    match plan(cfg, &msg, metrics) {
+        Plan::Dead(again) => Ok(Replayed::StillFailing { reason: again.reason }),
+        Plan::Ack => {
+            mark_replayed(wal, d, metrics).await?;
+            Ok(Replayed::Landed { rows: 0 })
+        }
+        Plan::Rows(rows) => {
+            let msg = Arc::new(msg);
+            let mut ship = Vec::new();
+            for (table, r) in rows {
+                // A sibling row that landed (one row of a primary-key change
+                // refused, the other not) is not shipped again.
+                if !wal.is_landed(&r.key)? {
+                    ship.push((table, ShipRow { key: r.key, json: r.json }));
+                }
+            }
+            let origins: Origins = ship.iter().map(|(_, r)| (r.key, msg.clone())).collect();
+            ship_pending(cfg, wal, sink, metrics, d, ship, &origins).await
+        }
+    }
+}
+
+/// Ships a refused row again, as it was built.
+async fn reship_row(
+    cfg: &Config,
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    metrics: &Metrics,
+    d: &DeadLetter,
+    r: &RefusedRow,
+) -> Result<Replayed, PipelineError> {
+    let json = serde_json::from_slice(&r.json)
+        .map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
+    ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), ShipRow { key: DedupKey(r.key), json })], &Origins::new()).await
+}
+
+/// The same discipline as live traffic: pending first (this overrides a
+/// `rejected` mark of the same key), then ship, then land; the letter is
+/// marked replayed when every row landed.
+async fn ship_pending(
+    cfg: &Config,
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    metrics: &Metrics,
+    d: &DeadLetter,
+    rows: Vec<(String, ShipRow)>,
+    origins: &Origins,
+) -> Result<Replayed, PipelineError> {
+    let mut b = WalBatch::default();
+    for (table, row) in &rows {
+        b.pending(&row.key, &pending_record(table, row));
+    }
+    commit_durably(wal, b, metrics).await?;
+    let n = rows.len();
+    let this = Metrics::default();
+    let shipped = ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), origins, &this).await?;
+    Metrics::add(&metrics.landed, Metrics::get(&this.landed));
+    Metrics::add(&metrics.dead_lettered, Metrics::get(&this.dead_lettered));
+    match shipped {
+        Err(SinkError::Shutdown) => Err(PipelineError::Task("replay interrupted".into())),
+        Ok(_) if Metrics::get(&this.dead_lettered) > 0 => {
+            // Recorded again, under the same id, with BigQuery's new reason.
+            let again = wal.dead_letters().filter_map(Result::ok).find(|x| x.id == d.id).map(|x| x.reason);
+            Ok(Replayed::StillFailing { reason: again.unwrap_or_else(|| "BigQuery rejected a row again (see the new dead letter)".into()) })
+        }
+        Ok(_) => {
+            mark_replayed(wal, d, metrics).await?;
+            Ok(Replayed::Landed { rows: n })
+        }
+    }
+}
+
+async fn mark_replayed(wal: &Wal, d: &DeadLetter, metrics: &Metrics) -> Result<(), PipelineError> {
+    let mut b = WalBatch::default();
+    b.dead_letter_replayed(d, now_ms());
+    commit_durably(wal, b, metrics).await
 }

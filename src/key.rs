@@ -32,7 +32,7 @@ use crate::decode::Change;
 /// and the WAL's layout version (a WAL keyed one way cannot de-duplicate
 /// keys derived another way).
 const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v2";
-const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v1";
+const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v2";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DedupKey(pub [u8; 32]);
@@ -79,13 +79,29 @@ impl DedupKey {
         DedupKey(*h.finalize().as_bytes())
     }
 
-    /// The key of a dead letter: its position in Kafka (a dead letter has no
-    /// trustworthy content to hash, and each position is recorded once).
-    pub fn of_dead_letter(at: &Coords) -> DedupKey {
+    /// The key (id) of a dead letter. Its message's Kafka coordinates alone
+    /// do not name it: a re-created topic reuses offsets, and one message can
+    /// give two refused rows (a primary-key change). So it also covers the
+    /// message's timestamp and value hash, when known, and the refused row's
+    /// key. A redelivery of the same message gets the same key; a new message
+    /// at a reused offset, another.
+    pub fn of_dead_letter(at: &Coords, timestamp_ms: Option<i64>, value_hash: Option<&[u8; 32]>, row: Option<&DedupKey>) -> DedupKey {
         let mut h = blake3::Hasher::new_derive_key(DEAD_LETTER_CONTEXT);
         field(&mut h, at.topic.as_bytes());
         h.update(&at.partition.to_be_bytes());
         h.update(&at.offset.to_be_bytes());
+        match timestamp_ms {
+            Some(t) => h.update(&[1]).update(&t.to_be_bytes()),
+            None => h.update(&[0]),
+        };
+        match value_hash {
+            Some(v) => h.update(&[1]).update(v),
+            None => h.update(&[0]),
+        };
+        match row {
+            Some(k) => h.update(&[1]).update(&k.0),
+            None => h.update(&[0]),
+        };
         DedupKey(*h.finalize().as_bytes())
     }
 
@@ -252,10 +268,21 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_keys_differ_by_position() {
+    fn dead_letter_keys_differ_by_position_message_and_row() {
         let a = Coords { topic: "t".into(), partition: 0, offset: 1 };
         let b = Coords { topic: "t".into(), partition: 0, offset: 2 };
-        assert_ne!(DedupKey::of_dead_letter(&a), DedupKey::of_dead_letter(&b));
-        assert_eq!(DedupKey::of_dead_letter(&a), DedupKey::of_dead_letter(&a.clone()));
+        let (v1, v2) = ([1; 32], [2; 32]);
+        let k = |at: &Coords, ts, v, row| DedupKey::of_dead_letter(at, ts, v, row);
+        assert_ne!(k(&a, Some(5), Some(&v1), None), k(&b, Some(5), Some(&v1), None));
+        assert_eq!(k(&a, Some(5), Some(&v1), None), k(&a.clone(), Some(5), Some(&v1), None), "a redelivery: the same letter");
+        // A re-created topic reuses offset 1: another value, or the same
+        // value produced at another time, is another letter.
+        assert_ne!(k(&a, Some(5), Some(&v1), None), k(&a, Some(5), Some(&v2), None));
+        assert_ne!(k(&a, Some(5), Some(&v1), None), k(&a, Some(6), Some(&v1), None));
+        assert_ne!(k(&a, None, Some(&v1), None), k(&a, Some(0), Some(&v1), None));
+        // The two refused rows of one primary-key change are two letters.
+        let (r1, r2) = (DedupKey([3; 32]), DedupKey([4; 32]));
+        assert_ne!(k(&a, Some(5), Some(&v1), Some(&r1)), k(&a, Some(5), Some(&v1), Some(&r2)));
+        assert_ne!(k(&a, Some(5), Some(&v1), Some(&r1)), k(&a, Some(5), Some(&v1), None));
     }
 }

@@ -28,13 +28,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum DlqAction {
-    /// One line per dead letter: id, size, replayed or not, reason.
+    /// One line per dead letter: id, stage, size, replayed or not, reason.
     List,
-    /// Everything recorded of one dead letter, by id (`topic/partition@offset`).
+    /// Everything recorded of a dead letter: its message (key, headers,
+    /// value), stage, reason and refused row. By id
+    /// (`topic/partition@offset#id`), or by position (`topic/partition@offset`)
+    /// for every letter of that message.
     Show { id: String },
-    /// Decode the recorded messages again with the current config and ship them.
+    /// Re-drive dead letters through the normal path after a fix: their
+    /// messages are decoded again with the current config (a row BigQuery
+    /// refused whose message was not kept is shipped again as it was built).
     Replay {
-        /// Ids to replay (`topic/partition@offset`); none with --all.
+        /// Ids or positions to replay (see `show`); none with --all.
         ids: Vec<String>,
         #[arg(long)]
         all: bool,
@@ -264,21 +269,16 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                         let d = d?;
                         n += 1;
                         let state = if wal.replayed_at(&d)?.is_some() { "replayed" } else { "open" };
-                        println!("{}\t{} bytes\t{state}\t{}", dlq::id(&d), d.payload_len, d.reason);
+                        let size = d.message.as_ref().map_or_else(|| "message not kept".to_owned(), |m| format!("{} bytes", m.value_len));
+                        println!("{}\t{}\t{size}\t{state}\t{}", dlq::id(&d), d.stage.name(), d.reason);
                     }
                     println!("{n} dead letter(s)");
                 }
                 DlqAction::Show { id } => {
-                    let d = wal.dead_letters().find(|d| d.as_ref().is_ok_and(|d| dlq::id(d) == id)).transpose()?;
-                    let Some(d) = d else { anyhow::bail!("no dead letter {id} (see `landfall dlq list`)") };
-                    println!("id: {}\nreason: {}\nrecorded at (ms): {}", dlq::id(&d), d.reason, d.at_ms);
-                    println!("payload: {} bytes, blake3 {}", d.payload_len, blake3::Hash::from(d.payload_hash).to_hex());
-                    if let Some(at) = wal.replayed_at(&d)? {
-                        println!("replayed at (ms): {at}");
-                    }
-                    match std::str::from_utf8(&d.payload_prefix) {
-                        Ok(text) => println!("{text}"),
-                        Err(_) => println!("(not UTF-8; first bytes) {:02x?}", &d.payload_prefix[..d.payload_prefix.len().min(256)]),
+                    let found: Vec<_> = wal.dead_letters().filter(|d| d.as_ref().map_or(true, |d| dlq::names(&id, d))).collect::<Result<_, _>>()?;
+                    anyhow::ensure!(!found.is_empty(), "no dead letter {id} (see `landfall dlq list`)");
+                    for d in found {
+                        show_dead_letter(&wal, &d)?;
                     }
                 }
                 DlqAction::Replay { ids, all } => {
@@ -289,7 +289,7 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                     let (_abort, rx) = tokio::sync::watch::channel(false);
                     let sink: Arc<dyn landfall::sink::Sink> =
                         Arc::new(landfall::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
-                    let results = dlq::replay(&cfg, &wal, &sink, &metrics, |d| all || ids.contains(&dlq::id(d))).await?;
+                    let results = dlq::replay(&cfg, &wal, &sink, &metrics, |d| all || ids.iter().any(|n| dlq::names(n, d))).await?;
                     let mut failing = 0;
                     for (id, r) in &results {
                         println!("{id}\t{r:?}");
@@ -441,4 +441,37 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints one dead letter for `landfall dlq show`.
+fn show_dead_letter(wal: &landfall::log::Wal, d: &landfall::log::DeadLetter) -> anyhow::Result<()> {
+    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(t) => t.to_owned(),
+        Err(_) => format!("(not UTF-8; first bytes) {:02x?}", &bytes[..bytes.len().min(256)]),
+    };
+    println!("id: {}\nstage: {}\nreason: {}\nrecorded at (ms): {}", dlq::id(d), d.stage.name(), d.reason, d.at_ms);
+    if let Some(at) = wal.replayed_at(d)? {
+        println!("replayed at (ms): {at}");
+    }
+    match &d.message {
+        None => println!("message: not kept (a row refused when re-shipped after a restart)"),
+        Some(m) => {
+            println!("message timestamp (ms): {}", m.timestamp_ms.map_or("none".into(), |t| t.to_string()));
+            println!("message key: {}", m.key.as_deref().map_or("none".into(), text));
+            for (name, v) in &m.headers {
+                println!("header {name}: {}", v.as_deref().map_or("null".into(), text));
+            }
+            if m.has_value {
+                println!("value: {} bytes, blake3 {}", m.value_len, blake3::Hash::from(m.value_hash).to_hex());
+                println!("{}", text(&m.value_prefix));
+            } else {
+                println!("value: none (a Kafka tombstone)");
+            }
+        }
+    }
+    if let Some(r) = &d.row {
+        println!("refused row for {}:\n{}", if r.table.is_empty() { "(table not recorded)" } else { &r.table }, text(&r.json));
+    }
+    println!();
+    Ok(())
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// insertAll responses with an error entry that names no row of the
     /// request: nothing was marked landed and the request was re-sent.
     pub untrusted_responses: AtomicU64,
+    /// Rows refused with "no such field" soon after their table's schema
+    /// changed, re-sent instead of dead-lettered (`bigquery.schema_propagation_wait`).
+    pub schema_propagation_retries: AtomicU64,
     /// insertAll body bytes: as plain JSON, and as sent (gzipped).
     pub request_bytes_plain: AtomicU64,
     pub request_bytes_sent: AtomicU64,
@@ -121,6 +124,7 @@ impl Metrics {
             requests = g(&self.requests),
             request_retries = g(&self.request_retries),
             untrusted_responses = g(&self.untrusted_responses),
+            schema_propagation_retries = g(&self.schema_propagation_retries),
             recovered = g(&self.recovered),
             revokes = g(&self.revokes),
             revokes_timed_out = g(&self.revokes_timed_out),

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::Message;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -36,11 +35,12 @@ use crate::config::Config;
 use crate::decode::row::{self, Coords, COL_KEY};
 use crate::decode::{dms, Decoded, Rejection};
 use crate::key::DedupKey;
-use crate::log::{now_ms, DeadLetter, KeyState, PendingRecord, Wal, WalBatch, WalError};
+use crate::log::{now_ms, DeadLetter, KafkaMessage, KeyState, PendingRecord, RefusedRow, Stage, Wal, WalBatch, WalError};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::sink::schema::*;
 use crate::sink::{RowOutcome, ShipRow, Sink, SinkError};
 use crate::source::kafka::{self, RebalanceEvent, SourceError};
+pub use crate::source::message::Msg;
 use crate::source::progress::{self, SharedProgress};
 use crate::source::tracker::TopicPartition;
 
@@ -76,15 +76,56 @@ pub enum Stopped {
     Abandoned,
 }
 
-/// A message read from Kafka, owned.
-#[derive(Debug, Clone)]
-pub struct Msg {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub payload: Option<Vec<u8>>,
-    /// The Kafka timestamp (Unix ms), for the produce-to-landed latency.
-    pub produced_ms: Option<i64>,
+/// The message each row to ship came from: the dead letter of a row
+/// BigQuery refuses keeps that message. Rows re-shipped after a restart have
+/// no message in memory; with [`Origins::reading_kafka`] it is read from
+/// Kafka again (and checked to be the one that built the row).
+#[derive(Default)]
+pub struct Origins {
+    known: HashMap<DedupKey, Arc<Msg>>,
+    reread: Option<Arc<Config>>,
+}
+
+impl Origins {
+    pub fn new() -> Origins {
+        Origins::default()
+    }
+
+    /// No message in memory: read a refused row's message from Kafka again.
+    pub fn reading_kafka(cfg: Arc<Config>) -> Origins {
+        Origins { known: HashMap::new(), reread: Some(cfg) }
+    }
+
+    pub fn insert(&mut self, key: DedupKey, msg: Arc<Msg>) {
+        self.known.insert(key, msg);
+    }
+
+    /// The message of `row`, if it is at hand or can be read again.
+    async fn of(&self, row: &ShipRow) -> Option<Arc<Msg>> {
+        if let Some(m) = self.known.get(&row.key) {
+            return Some(m.clone());
+        }
+        let cfg = self.reread.clone()?;
+        let at = coords_of(&row.json);
+        let key = row.key;
+        tokio::task::spawn_blocking(move || {
+            let msg = kafka::read_one(&cfg.kafka, &at.topic, at.partition, at.offset, Duration::from_secs(10))?;
+            // The offset may hold another message now (a re-created topic).
+            match plan(&cfg, &msg, &Metrics::default()) {
+                Plan::Rows(rows) if rows.iter().any(|(_, r)| r.key == key) => Some(Arc::new(msg)),
+                _ => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+impl FromIterator<(DedupKey, Arc<Msg>)> for Origins {
+    fn from_iter<I: IntoIterator<Item = (DedupKey, Arc<Msg>)>>(iter: I) -> Origins {
+        Origins { known: iter.into_iter().collect(), reread: None }
+    }
 }
 
 /// What becomes of one message.
@@ -93,7 +134,7 @@ pub enum Plan {
     /// Rows for log tables.
     Rows(Vec<(String, row::LogRow)>),
     /// A dead letter, to be recorded and shipped to the dead-letter table.
-    Dead(DeadLetter),
+    Dead(Box<DeadLetter>),
     /// Nothing to ship (control record, unrouted table in non-strict mode).
     Ack,
 }
@@ -130,36 +171,87 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
     })();
     match result {
         Ok(p) => p,
-        Err(rejection) => Plan::Dead(dead_letter(&at, msg.payload.as_deref().unwrap_or_default(), rejection.to_string())),
+        Err(rejection) => Plan::Dead(Box::new(dead_letter(msg, rejection.to_string()))),
     }
 }
 
-pub fn dead_letter(at: &Coords, payload: &[u8], reason: String) -> DeadLetter {
-    DeadLetter {
-        topic: at.topic.clone(),
-        partition: at.partition,
-        offset: at.offset,
-        reason,
-        payload_prefix: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_LIMIT)].to_vec(),
-        payload_len: payload.len() as u64,
-        payload_hash: *blake3::hash(payload).as_bytes(),
-        at_ms: now_ms(),
+/// The message as a dead letter keeps it: key, headers, timestamp, and the
+/// value (its first [`DEAD_LETTER_PAYLOAD_LIMIT`] bytes, with length and hash).
+pub fn kept_message(msg: &Msg) -> KafkaMessage {
+    let value = msg.payload.as_deref().unwrap_or_default();
+    KafkaMessage {
+        key: msg.key.clone(),
+        headers: msg.headers.clone(),
+        timestamp_ms: msg.produced_ms,
+        has_value: msg.payload.is_some(),
+        value_prefix: value[..value.len().min(DEAD_LETTER_PAYLOAD_LIMIT)].to_vec(),
+        value_len: value.len() as u64,
+        value_hash: *blake3::hash(value).as_bytes(),
     }
 }
 
-/// The dead-letter table row of a dead letter.
+/// A message that could not become a row ([`Stage::Decode`]).
+pub fn dead_letter(msg: &Msg, reason: String) -> DeadLetter {
+    letter(msg.coords(), Stage::Decode, reason, Some(kept_message(msg)), None)
+}
+
+/// A row BigQuery refused, with the message it came from when that is at
+/// hand (not for a row re-shipped after a restart whose message could not
+/// be read again).
+pub fn refused_row_letter(table: &str, row: &ShipRow, msg: Option<&Msg>, reason: String) -> DeadLetter {
+    let at = msg.map(Msg::coords).unwrap_or_else(|| coords_of(&row.json));
+    // Serializing a map of JSON values into memory cannot fail.
+    let json = serde_json::to_vec(&row.json).unwrap_or_default();
+    letter(at, Stage::BigQuery, reason, msg.map(kept_message), Some(RefusedRow { table: table.to_owned(), key: row.key.0, json }))
+}
+
+fn letter(at: Coords, stage: Stage, reason: String, message: Option<KafkaMessage>, row: Option<RefusedRow>) -> DeadLetter {
+    let id = DedupKey::of_dead_letter(
+        &at,
+        message.as_ref().and_then(|m| m.timestamp_ms),
+        message.as_ref().map(|m| &m.value_hash),
+        row.as_ref().map(|r| DedupKey(r.key)).as_ref(),
+    );
+    DeadLetter { id: id.0, topic: at.topic, partition: at.partition, offset: at.offset, stage, reason, message, row, at_ms: now_ms() }
+}
+
+/// The dead-letter table row of a dead letter (its `_landfall_key` is the
+/// letter's id). Message value and refused row are kept up to
+/// [`DEAD_LETTER_PAYLOAD_LIMIT`] bytes each (the WAL keeps the whole row).
 pub fn dead_letter_row(d: &DeadLetter) -> ShipRow {
+    use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine;
-    let key = DedupKey::of_dead_letter(&Coords { topic: d.topic.clone(), partition: d.partition, offset: d.offset });
+    let key = DedupKey(d.id);
     let mut json = Map::new();
     json.insert(COL_KEY.into(), Value::String(key.to_hex()));
     json.insert(COL_DL_TOPIC.into(), Value::String(d.topic.clone()));
     json.insert(COL_DL_PARTITION.into(), Value::from(d.partition));
     json.insert(COL_DL_OFFSET.into(), Value::from(d.offset));
+    json.insert(COL_DL_STAGE.into(), Value::String(d.stage.name().into()));
     json.insert(COL_DL_REASON.into(), Value::String(d.reason.clone()));
-    json.insert(COL_DL_PAYLOAD.into(), Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload_prefix)));
-    json.insert(COL_DL_PAYLOAD_LEN.into(), Value::from(d.payload_len));
-    json.insert(COL_DL_PAYLOAD_HASH.into(), Value::String(blake3::Hash::from(d.payload_hash).to_hex().to_string()));
+    if let Some(m) = &d.message {
+        if m.has_value {
+            json.insert(COL_DL_PAYLOAD.into(), Value::String(B64.encode(&m.value_prefix)));
+        }
+        json.insert(COL_DL_PAYLOAD_LEN.into(), Value::from(m.value_len));
+        json.insert(COL_DL_PAYLOAD_HASH.into(), Value::String(blake3::Hash::from(m.value_hash).to_hex().to_string()));
+        if let Some(k) = &m.key {
+            json.insert(COL_DL_MESSAGE_KEY.into(), Value::String(B64.encode(k)));
+        }
+        if !m.headers.is_empty() {
+            let headers: Vec<Value> =
+                m.headers.iter().map(|(name, v)| serde_json::json!([name, v.as_ref().map(|v| B64.encode(v))])).collect();
+            json.insert(COL_DL_HEADERS.into(), Value::String(Value::Array(headers).to_string()));
+        }
+        if let Some(t) = m.timestamp_ms {
+            json.insert(COL_DL_MESSAGE_TS.into(), Value::String(crate::decode::value::format_timestamp_micros(t.saturating_mul(1000))));
+        }
+    }
+    if let Some(r) = &d.row {
+        json.insert(COL_DL_TABLE.into(), Value::String(r.table.clone()));
+        let text = String::from_utf8_lossy(&r.json[..r.json.len().min(DEAD_LETTER_PAYLOAD_LIMIT)]).into_owned();
+        json.insert(COL_DL_ROW.into(), Value::String(text));
+    }
     json.insert(COL_DL_AT.into(), Value::String(crate::decode::value::format_timestamp_micros(d.at_ms as i64 * 1000)));
     ShipRow { key, json }
 }
@@ -208,11 +300,14 @@ pub fn group(rows: impl IntoIterator<Item = (String, ShipRow)>) -> Groups {
 
 /// Steps 3 and 4: ships `groups` (already pending in the WAL), records the
 /// outcomes durably, and returns the keys that are now resolved.
+/// `origins` names the message of each row, for the dead letter of a row
+/// BigQuery refuses.
 pub async fn ship_and_land(
     wal: &Wal,
     sink: &Arc<dyn Sink>,
     dead_letter_table: &str,
     groups: Groups,
+    origins: &Origins,
     metrics: &Metrics,
 ) -> Result<Result<Vec<DedupKey>, SinkError>, PipelineError> {
     let shipped = futures::future::join_all(groups.iter().map(|(table, rows)| sink.ship(table, rows))).await;
@@ -234,9 +329,8 @@ pub async fn ship_and_land(
                 }
                 RowOutcome::Rejected(reason) if table != dead_letter_table => {
                     tracing::warn!(table, key = %row.key, reason, "row rejected by BigQuery; dead-lettering it");
-                    let (topic, partition, offset) = coords_of(&row.json);
-                    let payload = serde_json::to_vec(&row.json).unwrap_or_default();
-                    let mut d = dead_letter(&Coords { topic, partition, offset }, &payload, Rejection::RejectedBySink(reason).to_string());
+                    let origin = origins.of(row).await;
+                    let mut d = refused_row_letter(table, row, origin.as_deref(), Rejection::RejectedBySink(reason).to_string());
                     d.at_ms = now;
                     batch.rejected(&row.key, now);
                     resolved.push(row.key);
@@ -265,7 +359,8 @@ pub async fn ship_and_land(
         Metrics::add(&metrics.dead_lettered, dead.len() as u64);
         commit_durably(wal, batch, metrics).await?;
         crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
-        let more = Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], metrics)).await?;
+        let more =
+            Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], &Origins::new(), metrics)).await?;
         return Ok(more.map(|keys| {
             resolved.extend(keys);
             resolved
@@ -276,12 +371,13 @@ pub async fn ship_and_land(
     Ok(Ok(resolved))
 }
 
-fn coords_of(json: &Map<String, Value>) -> (String, i32, i64) {
-    (
-        json.get(row::COL_TOPIC).and_then(Value::as_str).unwrap_or("").to_owned(),
-        json.get(row::COL_PARTITION).and_then(Value::as_i64).unwrap_or(-1) as i32,
-        json.get(row::COL_OFFSET).and_then(Value::as_i64).unwrap_or(-1),
-    )
+/// The Kafka coordinates a log row records.
+fn coords_of(json: &Map<String, Value>) -> Coords {
+    Coords {
+        topic: json.get(row::COL_TOPIC).and_then(Value::as_str).unwrap_or("").to_owned(),
+        partition: json.get(row::COL_PARTITION).and_then(Value::as_i64).unwrap_or(-1) as i32,
+        offset: json.get(row::COL_OFFSET).and_then(Value::as_i64).unwrap_or(-1),
+    }
 }
 
 pub fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
@@ -290,7 +386,7 @@ pub fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
 
 /// Re-ships every pending WAL record with its original insertId.
 /// Returns how many were recovered.
-pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Metrics) -> Result<Result<usize, SinkError>, PipelineError> {
+pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Arc<Config>, metrics: &Metrics) -> Result<Result<usize, SinkError>, PipelineError> {
     const CHUNK: usize = 20_000;
     let mut total = 0;
     loop {
@@ -307,7 +403,8 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Config, metrics: &Me
             rows.push((rec.table, ShipRow { key, json }));
         }
         tracing::info!(records = n, "re-shipping pending WAL records");
-        match ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), metrics).await? {
+        let origins = Origins::reading_kafka(cfg.clone());
+        match ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), &origins, metrics).await? {
             Ok(_) => {}
             Err(e) => return Ok(Err(e)),
         }
@@ -367,7 +464,7 @@ pub async fn run(
             deadline = None;
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
-            let Prepared { groups, wal_batch } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
+            let Prepared { groups, wal_batch, origins } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
             if groups.is_empty() {
                 // Nothing to ship: only counters (and dead letters already
                 // resolved) to make durable before the messages complete.
@@ -392,7 +489,7 @@ pub async fn run(
                         let result = async {
                             commit_durably(&wal, wal_batch, &metrics).await?;
                             crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
-                            ship_and_land(&wal, &sink, &dlq, groups, &metrics).await
+                            ship_and_land(&wal, &sink, &dlq, groups, &origins, &metrics).await
                         }
                         .await
                         .map(|r| {
@@ -446,13 +543,7 @@ pub async fn run(
                         if batch.is_empty() {
                             deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
                         }
-                        batch.push(Msg {
-                            topic: m.topic().to_owned(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            payload: m.payload().map(<[u8]>::to_vec),
-                            produced_ms: m.timestamp().to_millis(),
-                        });
+                        batch.push(Msg::from_kafka(&m));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
@@ -531,6 +622,7 @@ fn commit_ready(consumer: &kafka::Source, progress: &SharedProgress, metrics: &M
 struct Prepared {
     groups: Groups,
     wal_batch: WalBatch,
+    origins: Origins,
 }
 
 /// Steps 1 and 2 for a batch: plans every message, registers what each waits
@@ -548,10 +640,12 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
     let mut wal_batch = WalBatch::default();
     let mut to_ship: Vec<(String, ShipRow)> = Vec::new();
     let mut absorbed = 0u64;
+    let mut origins = Origins::new();
     {
         let mut p = progress::lock(progress);
         for (msg, plan) in plans {
             let mut reg = p.begin((msg.topic.clone(), msg.partition), msg.offset);
+            let msg = Arc::new(msg);
             let rows: Vec<(String, ShipRow)> = match plan {
                 Plan::Ack => Vec::new(),
                 Plan::Rows(rows) => rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect(),
@@ -576,6 +670,9 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
                     KeyState::Absent | KeyState::Pending => {
                         wal_batch.pending(&row.key, &pending_record(&table, &row));
                         p.wait_for(&mut reg, row.key);
+                        if table != cfg.bigquery.dead_letter_table {
+                            origins.insert(row.key, msg.clone());
+                        }
                         to_ship.push((table, row));
                     }
                 }
@@ -587,7 +684,7 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
     if absorbed > 0 {
         wal_batch.add_to_counter(COUNTER_DUPLICATES_ABSORBED, absorbed);
     }
-    Ok(Prepared { groups: group(to_ship), wal_batch })
+    Ok(Prepared { groups: group(to_ship), wal_batch, origins })
 }
 
 /// Consumer group lag helper for tests and the demo: the committed offset
@@ -605,4 +702,82 @@ pub fn committed_offsets(cfg: &Config, topic: &str, partitions: i32) -> Result<V
             _ => 0,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BigQuery refusing every row (the dead-letter table's rows too).
+    struct RefuseAll;
+
+    #[async_trait::async_trait]
+    impl Sink for RefuseAll {
+        async fn ship(&self, _table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError> {
+            Ok(rows.iter().map(|_| RowOutcome::Rejected("insertAll invalid: no".into())).collect())
+        }
+    }
+
+    fn log_row(key: u8, offset: i64) -> ShipRow {
+        let mut json = Map::new();
+        json.insert(row::COL_TOPIC.into(), Value::from("dms"));
+        json.insert(row::COL_PARTITION.into(), Value::from(0));
+        json.insert(row::COL_OFFSET.into(), Value::from(offset));
+        ShipRow { key: DedupKey([key; 32]), json }
+    }
+
+    /// Issue 10, item 3: the two rows of one primary-key change, both refused,
+    /// are two dead letters (the previous code keyed letters by position: the
+    /// second overwrote the first).
+    #[tokio::test]
+    async fn two_refused_rows_of_one_message_are_two_dead_letters_keeping_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
+        let msg = Arc::new(Msg {
+            topic: "dms".into(),
+            offset: 7,
+            key: Some(b"k".to_vec()),
+            payload: Some(b"{\"the\":\"change\"}".to_vec()),
+            produced_ms: Some(1_000),
+            ..Default::default()
+        });
+        let rows = vec![log_row(1, 7), log_row(2, 7)];
+        let origins: Origins = rows.iter().map(|r| (r.key, msg.clone())).collect();
+        let mut b = WalBatch::default();
+        for r in &rows {
+            b.pending(&r.key, &pending_record("t_log", r));
+        }
+        wal.commit(b).unwrap();
+        let metrics = Metrics::default();
+        let resolved = ship_and_land(&wal, &sink, "dead_letters", vec![("t_log".into(), rows)], &origins, &metrics).await.unwrap().unwrap();
+        assert_eq!(resolved.len(), 4, "two rows, two dead-letter rows (refused too: kept in the WAL only)");
+        let letters: Vec<DeadLetter> = wal.dead_letters().map(Result::unwrap).collect();
+        assert_eq!(letters.len(), 2);
+        assert_ne!(letters[0].id, letters[1].id);
+        let mut refused: Vec<[u8; 32]> = letters.iter().map(|d| d.row.as_ref().unwrap().key).collect();
+        refused.sort();
+        assert_eq!(refused, vec![[1; 32], [2; 32]]);
+        for d in &letters {
+            assert_eq!((d.offset, d.stage), (7, Stage::BigQuery));
+            assert_eq!(d.message.as_ref().unwrap().value_prefix, msg.payload.clone().unwrap(), "the original message, not the row");
+        }
+    }
+
+    /// A row refused when re-shipped after a restart (no origin at hand)
+    /// keeps the row and the coordinates the row records.
+    #[tokio::test]
+    async fn a_refused_row_without_its_message_keeps_the_row_and_its_coordinates() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
+        let metrics = Metrics::default();
+        ship_and_land(&wal, &sink, "dead_letters", vec![("t_log".into(), vec![log_row(3, 9)])], &Origins::new(), &metrics)
+            .await
+            .unwrap()
+            .unwrap();
+        let d = wal.dead_letters().next().unwrap().unwrap();
+        assert_eq!((d.topic.as_str(), d.offset, d.message.is_none()), ("dms", 9, true));
+        assert_eq!(d.row.as_ref().map(|r| (r.table.as_str(), r.key)), Some(("t_log", [3; 32])));
+    }
 }

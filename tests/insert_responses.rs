@@ -180,3 +180,37 @@ async fn a_non_json_502_is_retried_and_the_rows_land_once() {
     assert_eq!(f.stats().insert_all_requests - before, 2, "retried whole, not split");
     assert_eq!(f.log_holds(&rows).await, (2, 2, true));
 }
+
+/// Issue 10, item 1: right after landfall adds a column (a restart with a new
+/// column in the config, or `dlq replay`), BigQuery's streaming path may
+/// refuse rows naming it ("no such field") for minutes. Those rows are
+/// re-sent within `bigquery.schema_propagation_wait`, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_refused_for_a_column_landfall_just_added_are_resent_until_it_propagates() {
+    let f = fixture("propagation").await;
+    let route = f.stack.cfg.tables.iter().find(|t| t.log_table == LOG).unwrap();
+    let mut fields = landfall::sink::schema::log_table_fields(route);
+    fields.push(gcp_bigquery_client::model::table_field_schema::TableFieldSchema::string("colour"));
+    f.stack.bq.ensure_table(LOG, fields, None, None).await.unwrap();
+    let rows = rows(7, 3);
+    f.proxy.push(Fault::NoSuchField { field: "colour".into() });
+    f.proxy.push(Fault::NoSuchField { field: "colour".into() });
+    assert_eq!(f.ship(&rows).await, landed(3), "the previous code dead-lettered all three");
+    assert_eq!(f.stats().faults_injected, 2);
+    assert_eq!(Metrics::get(&f.metrics.schema_propagation_retries), 6);
+    assert_eq!(f.log_holds(&rows).await, (3, 3, true));
+}
+
+/// Not new behaviour: without a recent schema change, "no such field" is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_such_field_refusal_without_a_recent_schema_change_is_final() {
+    let f = fixture("nosuchfield").await;
+    let rows = rows(8, 2);
+    f.proxy.push(Fault::NoSuchField { field: "colour".into() });
+    for o in f.ship(&rows).await {
+        let RowOutcome::Rejected(reason) = o else { panic!("{o:?}") };
+        assert!(reason.contains("no such field: colour"), "{reason}");
+    }
+    assert_eq!(Metrics::get(&f.metrics.schema_propagation_retries), 0);
+    assert_eq!(f.log_holds(&[]).await, (0, 0, true));
+}

@@ -55,7 +55,8 @@ async fn a_row_that_waited_for_its_permit_past_the_overlap_is_still_merged() {
     proxy.push(Fault::Delay { target: Target::InsertAll, by: Duration::from_secs(4) });
     let stalled = {
         let (p1, dlq) = (p1.clone(), stack.cfg.bigquery.dead_letter_table.clone());
-        let d = landfall::pipeline::dead_letter(&Coords { topic: "t".into(), partition: 0, offset: 0 }, b"x", "test".into());
+        let msg = landfall::pipeline::Msg { topic: "t".into(), payload: Some(b"x".to_vec()), ..Default::default() };
+        let d = landfall::pipeline::dead_letter(&msg, "test".into());
         tokio::spawn(async move { p1.ship(&dlq, &[landfall::pipeline::dead_letter_row(&d)]).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;

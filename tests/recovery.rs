@@ -72,3 +72,43 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
     assert_eq!(stack.log_copies().await, 0, "a re-shipped row got a new insertId");
     stack.merge_and_verify(&sim.model).await;
 }
+
+/// BigQuery refusing every row.
+struct RefuseAll;
+
+#[async_trait::async_trait]
+impl Sink for RefuseAll {
+    async fn ship(&self, _table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, landfall::sink::SinkError> {
+        Ok(rows.iter().map(|_| RowOutcome::Rejected("insertAll invalid: refused for the test".into())).collect())
+    }
+}
+
+/// Issue 10, item 1: a row refused when it is re-shipped after a restart
+/// (its message no longer in memory) is dead-lettered with its original
+/// message, read from Kafka again (its offset was never committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_refused_when_reshipped_after_a_restart_keeps_its_message_read_again_from_kafka() {
+    let stack = support::Stack::start("rereadorigin", 1, support::WIDGETS, &[]).await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
+    let value = br#"{"data":{"id":5,"label":"x"},"metadata":{"timestamp":"2026-11-27T03:00:00Z","record-type":"data","operation":"insert","schema-name":"sales","table-name":"widgets"}}"#;
+    kafka.produce_with_headers(Some(b"k5"), Some(value), &[("origin", Some(b"aurora"))]).unwrap();
+    kafka.flush().unwrap();
+    let read = support::read_all(kafka);
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    let wal = Wal::open(&cfg.wal.path).unwrap();
+    let Plan::Rows(rows) = plan(cfg, &read[0], &metrics) else { panic!("a widget change is a row") };
+    let mut batch = WalBatch::default();
+    for (table, row) in &rows {
+        batch.pending(&row.key, &pending_record(table, &ShipRow { key: row.key, json: row.json.clone() }));
+    }
+    wal.commit(batch).unwrap();
+
+    let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
+    landfall::pipeline::recover(&wal, &sink, cfg, &metrics).await.unwrap().unwrap();
+    let letters: Vec<_> = wal.dead_letters().map(Result::unwrap).collect();
+    assert_eq!(letters.len(), 1);
+    let m = letters[0].message.as_ref().expect("the message was read from Kafka again");
+    assert_eq!((m.key.as_deref(), m.value_prefix.as_slice()), (Some(&b"k5"[..]), &value[..]));
+    assert_eq!(m.headers, vec![("origin".to_owned(), Some(b"aurora".to_vec()))]);
+    assert_eq!(letters[0].row.as_ref().unwrap().table, "widgets_log");
+}

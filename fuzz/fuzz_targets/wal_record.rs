@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode::<Record>(&landfall::log::record::encode(&r)).as_ref(), Ok(&r));
     }
     let _ = decode::<DeadLetter>(data);
+    let _ = landfall::log::record::decode_dead_letter(data);
     if let Ok(b) = decode::<PendingBatch>(data) {
         assert_eq!(decode::<PendingBatch>(&landfall::log::record::encode(&b)).as_ref(), Ok(&b));
     }

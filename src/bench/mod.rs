@@ -431,7 +431,7 @@ fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec
     let metrics = Metrics::default();
     let mut rows = Vec::new();
     for (offset, m) in msgs.iter().enumerate() {
-        let msg = Msg { topic: BQ_TOPIC.into(), partition: 0, offset: offset as i64, payload: Some(m.payload.clone()), produced_ms: None };
+        let msg = Msg { topic: BQ_TOPIC.into(), partition: 0, offset: offset as i64, payload: Some(m.payload.clone()), produced_ms: None, ..Default::default() };
         match plan(cfg, &msg, &metrics) {
             Plan::Rows(r) => rows.extend(r.into_iter().map(|(t, row)| (t, ShipRow { key: row.key, json: row.json }))),
             other => anyhow::bail!("a generated message did not become rows: {other:?}"),
@@ -512,6 +512,7 @@ fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyh
             offset: m.offset(),
             payload: m.payload().map(<[u8]>::to_vec),
             produced_ms: None,
+            ..Default::default()
         };
         read += 1;
         if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {

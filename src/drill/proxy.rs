@@ -17,6 +17,8 @@
 //!   and every other row of the request ("stopped"), inserting nothing.
 //! - [`Fault::RowsBackendError`]: a transient per-row failure of a whole insertAll.
 //! - [`Fault::AllStopped`]: every row of an insertAll answered "stopped", none "invalid".
+//! - [`Fault::NoSuchField`]: every row refused for naming a column BigQuery's streaming
+//!   path does not see (yet), as right after the column was added.
 //! - [`Fault::UnusableErrorEntry`]: an insertAll answer whose error entry names no row
 //!   of the request (no index, or one out of range), inserting nothing.
 //! - [`Fault::RawStatus`]: an answer that is not BigQuery's JSON (a front end's 413
@@ -77,6 +79,10 @@ pub enum Fault {
     RowsBackendError,
     /// insertAll only: do not forward; answer 200 with every row failing with "stopped".
     AllStopped,
+    /// insertAll only: do not forward; answer 200 with every row refused as BigQuery
+    /// refuses a row naming a column its streaming path does not know (yet):
+    /// reason "invalid", message "no such field: <field>.".
+    NoSuchField { field: String },
     /// insertAll only: do not forward; answer 200 with a single insertErrors entry
     /// (reason "invalid") whose `index` is this one, or absent when `None`.
     UnusableErrorEntry { index: Option<i64> },
@@ -92,7 +98,11 @@ impl Fault {
             | Fault::Reset { target }
             | Fault::ForwardThenReset { target }
             | Fault::RawStatus { target, .. } => target,
-            Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped | Fault::UnusableErrorEntry { .. } => &Target::InsertAll,
+            Fault::InvalidRow { .. }
+            | Fault::RowsBackendError
+            | Fault::AllStopped
+            | Fault::NoSuchField { .. }
+            | Fault::UnusableErrorEntry { .. } => &Target::InsertAll,
         };
         match target {
             Target::InsertAll => kind.insert_all,
@@ -275,7 +285,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let Some(fault) = fault else {
         return forward(&inner, parts, body, &kind).await;
     };
-    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped) && rows.is_none() {
+    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped | Fault::NoSuchField { .. }) && rows.is_none() {
         tracing::warn!("fault proxy: insertAll body has no rows array; forwarding instead");
         return forward(&inner, parts, body, &kind).await;
     }
@@ -302,6 +312,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         }
         Fault::RowsBackendError => Ok(insert_errors(rows.unwrap_or(0), |_| ("backendError", "injected backend error"))),
         Fault::AllStopped => Ok(insert_errors(rows.unwrap_or(0), |_| ("stopped", ""))),
+        Fault::NoSuchField { field } => {
+            let errors: Vec<Value> = (0..rows.unwrap_or(0))
+                .map(|i| json!({"index": i, "errors": [{"reason": "invalid", "location": field, "debugInfo": "", "message": format!("no such field: {field}.")}]}))
+                .collect();
+            Ok(json_response(StatusCode::OK, &json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": errors})))
+        }
         Fault::UnusableErrorEntry { index } => {
             let mut entry = json!({"errors": [{"reason": "invalid", "location": "", "message": "injected unusable error entry"}]});
             if let Some(i) = index {

@@ -33,8 +33,9 @@
 //!   Which batch holds each pending key is kept in memory, rebuilt on open.
 //! * `l` + resolved-at (ms, big-endian) + number -> the dedup keys resolved
 //!   at that time by one commit (32 bytes each): the prune index
-//! * `d` + topic + 0x00 + partition + offset -> [`DeadLetter`]
-//! * `r` + topic + 0x00 + partition + offset -> when that dead letter was re-driven
+//! * `d` + topic + 0x00 + partition + offset + dead-letter id -> [`DeadLetter`]
+//!   (dead letters of format 2, keyed without the id, are rewritten on open)
+//! * `r` + the same suffix -> when that dead letter was re-driven
 //! * `meta:format` -> the WAL layout version
 //! * `meta:count:` + name -> a persistent counter (u64, big-endian)
 //! * `meta:setting:` + name -> a setting the tables depend on (each table's
@@ -44,7 +45,7 @@ pub mod record;
 
 use std::path::Path;
 
-pub use record::{DeadLetter, PendingBatch, PendingRecord, Record};
+pub use record::{DeadLetter, KafkaMessage, PendingBatch, PendingRecord, Record, RefusedRow, Stage};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -144,8 +145,12 @@ fn landed_index_key(at_ms: u64, n: u64) -> [u8; 17] {
 /// record of its own; records stay under [`record::MAX_RECORD_BYTES`]).
 const BATCH_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
-fn dead_letter_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
-    position_key(b'd', topic, partition, offset)
+/// `prefix` + topic + 0 + partition + offset + id: one entry per dead
+/// letter, in Kafka order, two letters of one message side by side.
+fn dead_letter_key(prefix: u8, d: &DeadLetter) -> Vec<u8> {
+    let mut k = position_key(prefix, &d.topic, d.partition, d.offset);
+    k.extend_from_slice(&d.id);
+    k
 }
 
 fn position_key(prefix: u8, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
@@ -197,13 +202,13 @@ impl WalBatch {
     }
 
     pub fn dead_letter(&mut self, d: &DeadLetter) {
-        self.batch.insert(dead_letter_key(&d.topic, d.partition, d.offset), record::encode(d));
+        self.batch.insert(dead_letter_key(b'd', d), record::encode(d));
         self.len += 1;
     }
 
     /// Marks a dead letter as re-driven successfully (`landfall dlq replay`).
     pub fn dead_letter_replayed(&mut self, d: &DeadLetter, at_ms: u64) {
-        self.batch.insert(position_key(b'r', &d.topic, d.partition, d.offset), &at_ms.to_be_bytes()[..]);
+        self.batch.insert(dead_letter_key(b'r', d), &at_ms.to_be_bytes()[..]);
         self.len += 1;
     }
 
@@ -259,6 +264,7 @@ impl Wal {
             injected_io_errors: Default::default(),
         };
         wal.rebuild_open_batches()?;
+        wal.upgrade_dead_letters()?;
         Ok(wal)
     }
 
@@ -348,6 +354,12 @@ impl Wal {
             None => KeyState::Absent,
             Some(_) => KeyState::Resolved,
         })
+    }
+
+    /// Whether BigQuery accepted `key` (and it is not pending again): a
+    /// rejected key is not, so `dlq replay` can re-drive it.
+    pub fn is_landed(&self, key: &DedupKey) -> Result<bool, WalError> {
+        Ok(self.state(key)? == KeyState::Resolved && matches!(self.record(key)?, Some(Record::Landed { .. })))
     }
 
     /// Applies `batch` atomically and returns once it is durable on disk.
@@ -510,7 +522,7 @@ impl Wal {
     pub fn replayed_at(&self, d: &DeadLetter) -> Result<Option<u64>, WalError> {
         Ok(self
             .tree
-            .get(position_key(b'r', &d.topic, d.partition, d.offset))?
+            .get(dead_letter_key(b'r', d))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes))
     }
@@ -522,6 +534,66 @@ impl Wal {
             record::decode::<DeadLetter>(&v).map_err(|source| WalError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source })
         })
     }
+
+    /// Rewrites dead letters of record format 2 (keyed by Kafka position
+    /// alone) in the current format, under their ids, with their replay
+    /// marks; one atomic batch, flushed. Returns how many were rewritten.
+    fn upgrade_dead_letters(&self) -> Result<usize, WalError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.scan_prefix([b'd']) {
+            let (k, v) = item?;
+            let old = match record::decode_dead_letter(&v) {
+                Ok(record::AnyDeadLetter::V2(old)) => old,
+                Ok(record::AnyDeadLetter::Current(_)) => continue,
+                Err(source) => return Err(WalError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source }),
+            };
+            let d = upgrade_dead_letter(old);
+            let replay_mark = position_key(b'r', &d.topic, d.partition, d.offset);
+            if let Some(at) = self.tree.get(&replay_mark)? {
+                batch.remove(replay_mark);
+                batch.insert(dead_letter_key(b'r', &d), at);
+            }
+            batch.remove(k);
+            batch.insert(dead_letter_key(b'd', &d), record::encode(&d));
+            n += 1;
+        }
+        if n > 0 {
+            self.tree.apply_batch(batch)?;
+            self.db.flush()?;
+            tracing::info!(dead_letters = n, "rewrote dead letters recorded by an earlier landfall in the current format");
+        }
+        Ok(n)
+    }
+}
+
+/// A format-2 dead letter in the current shape. A row BigQuery refused was
+/// kept as its log-row JSON, without its message or table: it keeps the row
+/// (with an empty table, so `dlq replay` says it must be re-driven from
+/// Kafka); any other kept the message value.
+fn upgrade_dead_letter(old: record::DeadLetterV2) -> DeadLetter {
+    let at = crate::decode::row::Coords { topic: old.topic.clone(), partition: old.partition, offset: old.offset };
+    let refused = old.reason.starts_with("BigQuery rejected the row");
+    let (message, row, stage) = if refused {
+        let key = serde_json::from_slice::<serde_json::Value>(&old.payload_prefix)
+            .ok()
+            .and_then(|v| v.get(crate::decode::row::COL_KEY).and_then(|k| k.as_str()).and_then(DedupKey::from_hex))
+            .unwrap_or(DedupKey([0; 32]));
+        (None, Some(RefusedRow { table: String::new(), key: key.0, json: old.payload_prefix }), Stage::BigQuery)
+    } else {
+        let message = KafkaMessage {
+            key: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+            has_value: !(old.payload_len == 0 && old.reason.contains("tombstone")),
+            value_prefix: old.payload_prefix,
+            value_len: old.payload_len,
+            value_hash: old.payload_hash,
+        };
+        (Some(message), None, Stage::Decode)
+    };
+    let id = DedupKey::of_dead_letter(&at, None, Some(&old.payload_hash), row.as_ref().map(|r| DedupKey(r.key)).as_ref());
+    DeadLetter { id: id.0, topic: old.topic, partition: old.partition, offset: old.offset, stage, reason: old.reason, message, row, at_ms: old.at_ms }
 }
 
 #[cfg(test)]
@@ -612,25 +684,60 @@ mod tests {
     }
 
     #[test]
-    fn dead_letters_are_listed() {
+    fn dead_letters_are_listed_and_two_of_one_message_are_both_kept() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
         let mut b = WalBatch::default();
-        for offset in [5, 3] {
-            b.dead_letter(&DeadLetter {
-                topic: "dms".into(),
-                partition: 0,
-                offset,
-                reason: "bad".into(),
-                payload_prefix: vec![1],
-                payload_len: 1,
-                payload_hash: [0; 32],
-                at_ms: 1,
-            });
+        for (offset, id) in [(5, 1), (3, 2), (3, 3)] {
+            b.dead_letter(&DeadLetter { offset, id: [id; 32], ..record::tests::sample_letter() });
         }
         wal.commit(b).unwrap();
-        let offsets: Vec<i64> = wal.dead_letters().map(|d| d.unwrap().offset).collect();
-        assert_eq!(offsets, vec![3, 5]);
+        let got: Vec<(i64, u8)> = wal.dead_letters().map(|d| d.unwrap()).map(|d| (d.offset, d.id[0])).collect();
+        // Before, letters were keyed by position alone: the second of offset 3 replaced the first.
+        assert_eq!(got, vec![(3, 2), (3, 3), (5, 1)]);
+        let mut b = WalBatch::default();
+        b.dead_letter_replayed(&DeadLetter { offset: 3, id: [3; 32], ..record::tests::sample_letter() }, 9);
+        wal.commit(b).unwrap();
+        let marks: Vec<Option<u64>> = wal.dead_letters().map(|d| wal.replayed_at(&d.unwrap()).unwrap()).collect();
+        assert_eq!(marks, vec![None, Some(9), None]);
+    }
+
+    #[test]
+    fn dead_letters_of_an_earlier_landfall_are_rewritten_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        let old = |offset: i64, reason: &str, payload: &[u8]| {
+            let v2 = record::DeadLetterV2 {
+                topic: "dms".into(),
+                partition: 1,
+                offset,
+                reason: reason.into(),
+                payload_prefix: payload.to_vec(),
+                payload_len: payload.len() as u64,
+                payload_hash: *blake3::hash(payload).as_bytes(),
+                at_ms: 4,
+            };
+            let mut bytes = vec![2];
+            bytes.extend(bincode::serde::encode_to_vec(&v2, bincode::config::standard()).unwrap());
+            wal.tree.insert(position_key(b'd', "dms", 1, offset), bytes).unwrap();
+        };
+        old(7, "not valid JSON: x", b"{oops");
+        let row = format!(r#"{{"_landfall_key":"{}","id":1}}"#, key(5).to_hex());
+        old(8, "BigQuery rejected the row: insertAll invalid", row.as_bytes());
+        wal.tree.insert(position_key(b'r', "dms", 1, 7), &3u64.to_be_bytes()[..]).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path()).unwrap();
+        let letters: Vec<DeadLetter> = wal.dead_letters().map(Result::unwrap).collect();
+        assert_eq!(letters.len(), 2);
+        let (a, b) = (&letters[0], &letters[1]);
+        assert_eq!((a.offset, a.stage, a.message.as_ref().unwrap().value_prefix.as_slice()), (7, Stage::Decode, &b"{oops"[..]));
+        assert_eq!(wal.replayed_at(a).unwrap(), Some(3), "the replay mark moves with it");
+        assert_eq!((b.offset, b.stage, b.message.is_none()), (8, Stage::BigQuery, true));
+        assert_eq!(b.row.as_ref().unwrap().key, key(5).0);
+        assert_eq!(wal.replayed_at(b).unwrap(), None);
+        assert!(wal.tree.get(position_key(b'd', "dms", 1, 7)).unwrap().is_none(), "the old entry is gone");
+        drop(wal);
+        assert_eq!(Wal::open(dir.path()).unwrap().dead_letters().count(), 2, "and a second open changes nothing");
     }
 
     mod model {

@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the record encoding. Bump it (and keep a decoder for the old
-/// one) whenever a record type below changes shape.
-pub const FORMAT_VERSION: u8 = 2;
+/// one) whenever a record type below changes shape. Version 3 changed only
+/// [`DeadLetter`]; the other records read the same in versions 2 and 3.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// No record is larger than this (a row is at most 10 MB in BigQuery).
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
@@ -63,19 +64,107 @@ pub struct PendingBatch {
     pub entries: Vec<([u8; 32], PendingRecord)>,
 }
 
-/// A message that could not become a row, as recorded in the WAL.
+/// Something that could not become a landed row, as recorded in the WAL:
+/// the Kafka message it came from (whatever stage refused it), the stage,
+/// the reason, and for a row BigQuery refused, that row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
+    /// Names this dead letter (`key::DedupKey::of_dead_letter`): its Kafka
+    /// coordinates, the message's timestamp and value hash, and the refused
+    /// row's key. It is the WAL key's suffix and the dead-letter table's
+    /// `_landfall_key`.
+    pub id: [u8; 32],
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub stage: Stage,
+    pub reason: String,
+    /// The message as read from Kafka. `None` only for a row BigQuery
+    /// refused when it was re-shipped after a restart and its message could
+    /// not be read from Kafka again (then only `row` is kept).
+    pub message: Option<KafkaMessage>,
+    /// For [`Stage::BigQuery`]: the row that was refused.
+    pub row: Option<RefusedRow>,
+    pub at_ms: u64,
+}
+
+/// Which step refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Decoding, routing or converting the message (no row was built).
+    Decode,
+    /// BigQuery refused the row (insertAll answered `invalid`, or refused the
+    /// row alone).
+    BigQuery,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::BigQuery => "bigquery",
+        }
+    }
+}
+
+/// A Kafka message, as kept in a dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaMessage {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The message timestamp (Unix ms), if it had one.
+    pub timestamp_ms: Option<i64>,
+    /// `false` for a Kafka tombstone (no value).
+    pub has_value: bool,
+    /// The value, or its first bytes when it is larger than the limit.
+    pub value_prefix: Vec<u8>,
+    pub value_len: u64,
+    /// blake3 of the whole value.
+    pub value_hash: [u8; 32],
+}
+
+impl KafkaMessage {
+    /// Whether the whole value is kept (so the letter can be re-driven).
+    pub fn is_whole(&self) -> bool {
+        self.value_len as usize == self.value_prefix.len()
+    }
+}
+
+/// A row BigQuery refused: where it was going, its dedup key, its JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedRow {
+    pub table: String,
+    pub key: [u8; 32],
+    pub json: Vec<u8>,
+}
+
+/// A dead letter as format version 2 wrote it (read when a WAL written by an
+/// earlier landfall is opened; `log::Wal::open` rewrites them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterV2 {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub reason: String,
-    /// The message value, or its first bytes when it is larger than the limit.
     pub payload_prefix: Vec<u8>,
     pub payload_len: u64,
-    /// blake3 of the whole value.
     pub payload_hash: [u8; 32],
     pub at_ms: u64,
+}
+
+/// A dead letter record of either version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyDeadLetter {
+    Current(DeadLetter),
+    V2(DeadLetterV2),
+}
+
+/// Decodes a dead-letter record of the current or the previous format.
+pub fn decode_dead_letter(bytes: &[u8]) -> Result<AnyDeadLetter, FormatError> {
+    match bytes.first() {
+        Some(&2) => decode_body(&bytes[1..]).map(AnyDeadLetter::V2),
+        _ => decode::<DeadLetter>(bytes).map(AnyDeadLetter::Current),
+    }
 }
 
 fn config() -> impl bincode::config::Config {
@@ -92,11 +181,33 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FormatError> {
+/// A record type, and the oldest format version that encodes it the way
+/// this build does.
+pub trait Versioned: for<'de> Deserialize<'de> {
+    const SINCE: u8;
+}
+
+impl Versioned for Record {
+    const SINCE: u8 = 2;
+}
+impl Versioned for PendingBatch {
+    const SINCE: u8 = 2;
+}
+impl Versioned for DeadLetter {
+    const SINCE: u8 = 3;
+}
+
+/// Decodes a record written in any format version that encodes `T` as this
+/// build does (older dead letters: [`decode_dead_letter`]).
+pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, FormatError> {
     let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
-    if version != FORMAT_VERSION {
+    if !(T::SINCE..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
+    decode_body(body)
+}
+
+fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FormatError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| FormatError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(FormatError::Malformed(format!("{} trailing bytes", body.len() - used)));
@@ -105,7 +216,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FormatErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -114,7 +225,36 @@ mod tests {
         assert_eq!(decode::<Record>(&encode(&r)).unwrap(), r);
         let b = PendingBatch { entries: vec![([3; 32], PendingRecord { table: "t".into(), row: b"{}".to_vec(), written_at_ms: 5 })] };
         assert_eq!(decode::<PendingBatch>(&encode(&b)).unwrap(), b);
-        let d = DeadLetter {
+        let d = sample_letter();
+        assert_eq!(decode::<DeadLetter>(&encode(&d)).unwrap(), d);
+        assert_eq!(decode_dead_letter(&encode(&d)).unwrap(), AnyDeadLetter::Current(d));
+    }
+
+    pub(crate) fn sample_letter() -> DeadLetter {
+        DeadLetter {
+            id: [1; 32],
+            topic: "x".into(),
+            partition: 1,
+            offset: 2,
+            stage: Stage::BigQuery,
+            reason: "r".into(),
+            message: Some(KafkaMessage {
+                key: Some(b"k".to_vec()),
+                headers: vec![("h".into(), Some(b"v".to_vec())), ("n".into(), None)],
+                timestamp_ms: Some(17),
+                has_value: true,
+                value_prefix: vec![0, 1],
+                value_len: 2,
+                value_hash: [7; 32],
+            }),
+            row: Some(RefusedRow { table: "t_log".into(), key: [9; 32], json: b"{}".to_vec() }),
+            at_ms: 3,
+        }
+    }
+
+    #[test]
+    fn dead_letters_of_format_2_still_read_and_are_not_mistaken_for_current_ones() {
+        let old = DeadLetterV2 {
             topic: "x".into(),
             partition: 1,
             offset: 2,
@@ -124,7 +264,14 @@ mod tests {
             payload_hash: [7; 32],
             at_ms: 3,
         };
-        assert_eq!(decode::<DeadLetter>(&encode(&d)).unwrap(), d);
+        let mut bytes = vec![2];
+        bincode::serde::encode_into_std_write(&old, &mut bytes, config()).unwrap();
+        assert_eq!(decode_dead_letter(&bytes).unwrap(), AnyDeadLetter::V2(old));
+        assert_eq!(decode::<DeadLetter>(&bytes), Err(FormatError::UnsupportedVersion { found: 2 }));
+        // Records whose shape did not change read in both versions.
+        let mut landed = encode(&Record::Landed { at_ms: 1, seq: 2 });
+        landed[0] = 2;
+        assert_eq!(decode::<Record>(&landed).unwrap(), Record::Landed { at_ms: 1, seq: 2 });
     }
 
     #[test]

@@ -204,6 +204,9 @@ pub struct BigQuery {
     pub location: String,
     /// How long one jobs.query call waits for its result (half the request timeout, at most 10 s).
     pub query_wait: Duration,
+    /// When each table's schema last changed, as far as this process knows
+    /// (columns it added, or the table's `lastModifiedTime` when it checked).
+    schema_changes: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::SystemTime>>>,
 }
 
 impl BigQuery {
@@ -246,7 +249,22 @@ impl BigQuery {
             dataset: cfg.dataset.clone(),
             location: cfg.location.clone(),
             query_wait: (cfg.request_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(10)),
+            schema_changes: Default::default(),
         })
+    }
+
+    /// Notes that `table`'s schema changed at `at` (keeps the latest).
+    pub fn schema_changed(&self, table: &str, at: std::time::SystemTime) {
+        let mut m = self.schema_changes.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(table.to_owned()).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// Whether `table`'s schema changed less than `wait` ago, as far as this
+    /// process knows.
+    pub fn schema_changed_within(&self, table: &str, wait: Duration) -> bool {
+        let m = self.schema_changes.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(table).is_some_and(|at| at.elapsed().map_or(true, |d| d < wait))
     }
 
     /// Sends one gzipped insertAll body, as gcp-bigquery-client's

@@ -26,6 +26,12 @@
 //! `untrusted_responses`. Rows answered `stopped` next to a rejected row are
 //! re-sent at once; a response that landed or rejected no row is followed by
 //! a backoff, so the sender never busy-loops.
+//!
+//! A row refused with "no such field" within `bigquery.schema_propagation_wait`
+//! of a schema change of its table (columns landfall added, or a table found
+//! modified that recently) is re-sent with backoff instead of rejected: the
+//! streaming path can take minutes to see new columns. After the wait the
+//! refusal stands and the row is dead-lettered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +88,7 @@ pub struct ShipPolicy {
     pub gzip_level: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
+    pub schema_propagation_wait: Duration,
 }
 
 impl From<&BigQueryConfig> for ShipPolicy {
@@ -92,6 +99,7 @@ impl From<&BigQueryConfig> for ShipPolicy {
             gzip_level: c.gzip_level,
             initial_delay: c.retry_initial_delay,
             max_delay: c.retry_max_delay,
+            schema_propagation_wait: c.schema_propagation_wait,
         }
     }
 }
@@ -123,6 +131,12 @@ impl BigQuerySink {
             _ = tokio::time::sleep(jittered) => Ok(()),
             _ = signalled(self.shutdown.clone()) => Err(SinkError::Shutdown),
         }
+    }
+
+    /// Whether a row refused with `reason` is one BigQuery's streaming path
+    /// may accept once a recent schema change of `table` has propagated.
+    fn not_propagated_yet(&self, table: &str, reason: &str) -> bool {
+        reason.contains("no such field") && self.bq.schema_changed_within(table, self.policy.schema_propagation_wait)
     }
 
     /// Sends the rows at `indices` until each has a final outcome.
@@ -176,6 +190,17 @@ impl BigQuerySink {
                         for (&row, answer) in todo.iter().zip(answers) {
                             match answer {
                                 RowAnswer::Landed => out[row] = Some(RowOutcome::Landed),
+                                RowAnswer::Rejected(reason) if self.not_propagated_yet(table, &reason) => {
+                                    Metrics::add(&self.metrics.schema_propagation_retries, 1);
+                                    tracing::warn!(
+                                        table,
+                                        reason,
+                                        wait = ?self.policy.schema_propagation_wait,
+                                        "row refused for a field the table's recent schema change added; BigQuery's streaming path may not see it yet: re-sending"
+                                    );
+                                    only_stopped = false;
+                                    again.push(row);
+                                }
                                 RowAnswer::Rejected(reason) => out[row] = Some(RowOutcome::Rejected(reason)),
                                 RowAnswer::Retry { stopped } => {
                                     only_stopped &= stopped;

@@ -36,6 +36,16 @@ pub const COL_DL_PAYLOAD: &str = "payload";
 pub const COL_DL_PAYLOAD_LEN: &str = "payload_length";
 pub const COL_DL_PAYLOAD_HASH: &str = "payload_blake3";
 pub const COL_DL_AT: &str = "dead_lettered_at";
+/// `decode` or `bigquery`: which step refused it.
+pub const COL_DL_STAGE: &str = "stage";
+/// The Kafka message key (BYTES).
+pub const COL_DL_MESSAGE_KEY: &str = "message_key";
+/// The Kafka headers as JSON text: `[[name, base64 value or null], ...]`.
+pub const COL_DL_HEADERS: &str = "message_headers";
+pub const COL_DL_MESSAGE_TS: &str = "message_timestamp";
+/// For a row BigQuery refused: its log table, and the row as JSON text.
+pub const COL_DL_TABLE: &str = "log_table";
+pub const COL_DL_ROW: &str = "refused_row";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -117,6 +127,12 @@ pub fn dead_letter_fields() -> Vec<TableFieldSchema> {
         field(COL_DL_PAYLOAD_LEN, ColumnType::Int64),
         field(COL_DL_PAYLOAD_HASH, ColumnType::String),
         field(COL_DL_AT, ColumnType::Timestamp),
+        field(COL_DL_STAGE, ColumnType::String),
+        field(COL_DL_MESSAGE_KEY, ColumnType::Bytes),
+        field(COL_DL_HEADERS, ColumnType::String),
+        field(COL_DL_MESSAGE_TS, ColumnType::Timestamp),
+        field(COL_DL_TABLE, ColumnType::String),
+        field(COL_DL_ROW, ColumnType::String),
     ]
 }
 
@@ -153,6 +169,11 @@ impl BigQuery {
                 let have: Vec<String> =
                     existing.schema.fields.as_ref().map(|f| f.iter().map(|f| f.name.to_ascii_lowercase()).collect()).unwrap_or_default();
                 let missing: Vec<TableFieldSchema> = fields.into_iter().filter(|f| !have.contains(&f.name.to_ascii_lowercase())).collect();
+                // Another process (a `dlq replay`, an operator) may have
+                // changed it moments ago: streaming may not see that yet.
+                if let Some(ms) = existing.last_modified_time.as_deref().and_then(|t| t.parse::<u64>().ok()) {
+                    self.schema_changed(table, std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+                }
                 if missing.is_empty() {
                     return Ok(());
                 }
@@ -162,6 +183,7 @@ impl BigQuery {
                 let mut patched = existing;
                 patched.schema = TableSchema::new(all);
                 self.client.table().patch(&self.project, &self.dataset, table, patched).await.map_err(api(what()))?;
+                self.schema_changed(table, std::time::SystemTime::now());
                 Ok(())
             }
             Err(e) if is_not_found(&e) => {

@@ -197,6 +197,31 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Reads the one message at `offset` of `topic`/`partition` again, without
+/// joining the group or committing anything: for the dead letter of a row
+/// whose message is no longer in memory (re-shipped after a restart; its
+/// offset was never committed, so the message is normally still retained).
+/// `None` when it cannot be read within `timeout` (retention removed it, the
+/// broker is unreachable). Blocking: call it off the async runtime.
+pub fn read_one(cfg: &KafkaConfig, topic: &str, partition: i32, offset: i64, timeout: Duration) -> Option<crate::source::message::Msg> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::Message as _;
+    let consumer: BaseConsumer = client_config(cfg).create().ok()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).ok()?;
+    consumer.assign(&tpl).ok()?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.offset() == offset => return Some(crate::source::message::Msg::from_kafka(&m)),
+            // Past it (compacted away) or before it: not there.
+            Some(Ok(m)) if m.offset() > offset => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 pub fn subscribe(
     cfg: &KafkaConfig,
     progress: SharedProgress,

@@ -90,7 +90,7 @@ pub async fn scalar(bq: &BigQuery, sql: &str) -> i64 {
 /// Reads every message of the topic back (without a group), with its coordinates.
 pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap_servers())
         .set("group.id", "landfall-test-reader")
@@ -107,13 +107,7 @@ pub fn read_all(kafka: &LocalKafka) -> Vec<landfall::pipeline::Msg> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while (out.len() as i64) < total && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(std::time::Duration::from_millis(200)) {
-            out.push(landfall::pipeline::Msg {
-                topic: m.topic().into(),
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload().map(<[u8]>::to_vec),
-                produced_ms: m.timestamp().to_millis(),
-            });
+            out.push(landfall::pipeline::Msg::from_kafka(&m));
         }
     }
     assert_eq!(out.len() as i64, total, "read back every message");
