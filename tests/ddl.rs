@@ -172,3 +172,26 @@ async fn drop_table_empties_the_final_table_and_pauses_its_merge_until_resumed()
     assert!(h.merge(false).await.paused_by_drop.is_some());
     assert_eq!(h.final_rows().await, rows(&[]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_killed_after_recording_a_truncate_is_completed_by_the_next() {
+    use landfall::merge::sql::{ddl_record_statement, MergeTarget, Window};
+    let mut h = Harness::start("ddl_crash").await;
+    h.land(&[change("insert", 1, "a", 10), change("insert", 2, "b", 11)]).await;
+    h.merge(false).await;
+    h.land(&[control("truncate-table", 20), change("insert", 3, "c", 21)]).await;
+
+    // A merge records the truncate in the state table and is killed before
+    // it deletes anything (and before its watermark moves).
+    let (bq, cfg, t) = (&h.stack.bq, &h.stack.cfg, h.widgets());
+    let target = MergeTarget::new(&bq.project, &bq.dataset, &t.log_table, &t.final_table, &t.primary_key, &["id".into(), "label".into()])
+        .and_then(|m| m.with_state(&bq.project, &bq.dataset, &cfg.bigquery.state_table, &t.final_table))
+        .unwrap();
+    let record = ddl_record_statement(&target, &Window { from_micros: None, to_micros: i64::MAX / 4 }).unwrap();
+    bq.query(&record).await.unwrap();
+    assert_eq!(h.final_rows().await, rows(&[(1, "a"), (2, "b")]), "nothing deleted yet");
+
+    // The next merge reads the same window, finds the marker again and finishes the job.
+    h.merge(false).await;
+    assert_eq!(h.final_rows().await, rows(&[(3, "c")]));
+}

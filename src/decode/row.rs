@@ -7,6 +7,11 @@
 //!
 //! An update that changes the primary key (detected through the before image)
 //! becomes two rows: a delete of the old key and an upsert of the new one.
+//!
+//! A truncate or drop-table control record becomes one marker row
+//! ([`build_control`]): `_landfall_op` `T` or `X`, its own dedup key, an
+//! ordering value of the table's form, and no source columns. The MERGE
+//! removes every change not newer than it (docs/design.md, "DDL control records").
 
 use serde_json::{Map, Value};
 
