@@ -34,6 +34,8 @@ fn control(op: &str, position: u64) -> Vec<u8> {
 
 struct Harness {
     stack: support::Stack,
+    /// Kept so the sink never sees its abort channel closed.
+    _abort: tokio::sync::watch::Sender<bool>,
     sink: BigQuerySink,
     metrics: Metrics,
     offset: i64,
@@ -42,10 +44,9 @@ struct Harness {
 impl Harness {
     async fn start(name: &str) -> Harness {
         let stack = support::Stack::start(name, 1, support::WIDGETS_BY_POSITION, &[]).await;
-        let (_abort, rx) = tokio::sync::watch::channel(false);
-        std::mem::forget(_abort);
+        let (abort, rx) = tokio::sync::watch::channel(false);
         let sink = BigQuerySink::new(stack.bq.clone(), &stack.cfg.bigquery, rx, std::sync::Arc::new(Metrics::default()));
-        Harness { stack, sink, metrics: Metrics::default(), offset: 0 }
+        Harness { stack, _abort: abort, sink, metrics: Metrics::default(), offset: 0 }
     }
 
     /// Plans each message as the bridge does (each at the next offset) and
