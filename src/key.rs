@@ -26,13 +26,16 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::decode::row::{Coords, Part};
-use crate::decode::Change;
+use crate::decode::{Change, Control};
 
 /// Domain separation: changing the derivation means changing this string
 /// and the WAL's layout version (a WAL keyed one way cannot de-duplicate
 /// keys derived another way).
 const CHANGE_CONTEXT: &str = "landfall 2026-11 dms change v2";
 const DEAD_LETTER_CONTEXT: &str = "landfall 2026-11 dead letter v2";
+/// Truncate and drop-table markers (their own domain: they never share a
+/// key with a change, so adding them left the change derivation as it was).
+const CONTROL_CONTEXT: &str = "landfall 2026-11 dms control v1";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DedupKey(pub [u8; 32]);
@@ -76,6 +79,35 @@ impl DedupKey {
             }
         }
         h.update(&[part as u8]);
+        DedupKey(*h.finalize().as_bytes())
+    }
+
+    /// The key of the marker row of a control record read at `at`, by the
+    /// same rule as a change: with transaction details the source names it
+    /// (transaction id, record id, position, commit timestamp); without them,
+    /// `metadata.timestamp` plus the Kafka topic, partition and offset.
+    pub fn of_control(c: &Control, at: &Coords) -> DedupKey {
+        let mut h = blake3::Hasher::new_derive_key(CONTROL_CONTEXT);
+        opt_field(&mut h, c.schema.as_deref());
+        opt_field(&mut h, c.table.as_deref());
+        field(&mut h, c.operation.as_bytes());
+        if c.has_transaction_details() {
+            h.update(b"T");
+            opt_field(&mut h, c.transaction_id.as_deref());
+            opt_field(&mut h, c.transaction_record_id.as_deref());
+            opt_field(&mut h, c.stream_position.as_deref());
+            opt_field(&mut h, c.commit_timestamp.as_deref());
+        } else {
+            h.update(b"K");
+            opt_field(&mut h, c.timestamp.as_deref());
+            opt_field(&mut h, c.commit_timestamp.as_deref());
+            opt_field(&mut h, c.stream_position.as_deref());
+            opt_field(&mut h, c.transaction_id.as_deref());
+            opt_field(&mut h, c.transaction_record_id.as_deref());
+            field(&mut h, at.topic.as_bytes());
+            h.update(&at.partition.to_be_bytes());
+            h.update(&at.offset.to_be_bytes());
+        }
         DedupKey(*h.finalize().as_bytes())
     }
 
@@ -265,6 +297,35 @@ mod tests {
         assert_eq!(DedupKey::from_hex(&hex), Some(k));
         assert_eq!(DedupKey::from_hex("zz"), None);
         assert_eq!(DedupKey::from_hex(&"é".repeat(32)), None);
+    }
+
+    fn control(text: &str) -> Control {
+        match dms::decode(text.as_bytes(), "before-image").unwrap() {
+            Decoded::Control(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn control_keys_follow_the_change_identity_rule() {
+        const TRUNCATE: &str = r#"{"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"truncate-table","schema-name":"s","table-name":"t"}}"#;
+        let base = DedupKey::of_control(&control(TRUNCATE), &at(0, 5));
+        assert_eq!(DedupKey::of_control(&control(TRUNCATE), &at(0, 5)), base, "a redelivery");
+        assert_ne!(DedupKey::of_control(&control(TRUNCATE), &at(0, 6)), base, "a second truncate at another offset");
+        for variant in
+            [TRUNCATE.replace("truncate-table", "drop-table"), TRUNCATE.replace("\"t\"", "\"t2\""), TRUNCATE.replace(":32Z", ":33Z")]
+        {
+            assert_ne!(DedupKey::of_control(&control(&variant), &at(0, 5)), base, "{variant}");
+        }
+        // With transaction details the source names it: a copy anywhere has its key.
+        let tx = TRUNCATE
+            .replace(r#""table-name":"t""#, r#""table-name":"t","transaction-id":"9","transaction-record-id":1,"stream-position":"0/1A0""#);
+        let named = DedupKey::of_control(&control(&tx), &at(0, 5));
+        assert_eq!(DedupKey::of_control(&control(&tx.replace(":32Z", ":59Z")), &at(3, 77)), named);
+        assert_ne!(DedupKey::of_control(&control(&tx.replace("0/1A0", "0/1A1")), &at(0, 5)), named);
+        // Never the key of a change.
+        let change = change(&A.replace(r#""data":{"id":1,"name":"a","tags":{"y":1,"x":2}},"#, r#""data":{},"#));
+        assert_ne!(DedupKey::of_change(&change, &at(0, 5), Part::Change), base);
     }
 
     #[test]

@@ -47,6 +47,18 @@ enum DlqAction {
 }
 
 #[derive(Subcommand)]
+enum DdlAction {
+    /// Let the merge of a final table go on after its source table was
+    /// dropped (and re-created, or the config fixed): the changes after the
+    /// drop are merged from the next merge on. Safe while the service runs.
+    Resume {
+        /// The final table, as in its `[[tables]]` entry.
+        #[arg(long)]
+        table: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the bridge (and the periodic merge) until SIGTERM or SIGINT.
     Run {
@@ -68,6 +80,13 @@ enum Command {
         /// Only this final table.
         #[arg(long)]
         table: Option<String>,
+    },
+    /// Act on source DDL (docs/design.md, "DDL control records").
+    Ddl {
+        #[arg(long, short, env = "LANDFALL_CONFIG")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DdlAction,
     },
     /// Inspect dead letters and re-drive them after a fix (the service must be stopped).
     Dlq {
@@ -250,6 +269,13 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut failed = false;
             for t in cfg.tables.iter().filter(|t| table.as_ref().is_none_or(|n| n == &t.final_table)) {
                 match merger.merge_table(t, full).await {
+                    Ok(r) if r.paused_by_drop.is_some() => {
+                        eprintln!(
+                            "{}: PAUSED: its source table was dropped ({} rows deleted now); run `landfall ddl resume --table {}` once it is re-created or removed",
+                            r.table, r.truncated_rows, r.table
+                        );
+                        failed = true;
+                    }
                     Ok(r) => println!("{}: {} rows changed", r.table, r.affected_rows),
                     Err(e) => {
                         eprintln!("{e}");
@@ -258,6 +284,21 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Ddl { config, action: DdlAction::Resume { table } } => {
+            let cfg = Arc::new(Config::load(&config)?);
+            let Some(t) = cfg.tables.iter().find(|t| t.final_table == table) else {
+                eprintln!("no [[tables]] entry has final_table = {table:?}");
+                return Ok(ExitCode::FAILURE);
+            };
+            let bq = BigQuery::connect(&cfg.bigquery).await?;
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            let merger = Merger::new(bq, cfg.clone(), Arc::new(Metrics::default()), rx);
+            match merger.resume_table(t).await? {
+                Some(dropped) => println!("{table}: resumed after the drop at {dropped}; the next merge applies the changes after it"),
+                None => println!("{table}: not paused (no drop-table waits for a resume)"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { config, action } => {
             let cfg = Config::load(&config)?;

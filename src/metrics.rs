@@ -1,6 +1,6 @@
 //! Counters, and the periodic summary line that prints them.
 //!
-//! Every counter only grows. `landfall run` logs a summary every
+//! Every counter only grows (`paused_tables` is the one gauge: a set of names). `landfall run` logs a summary every
 //! `observability.summary_interval`, with the commit point of every partition.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -28,8 +28,22 @@ pub struct Metrics {
     pub changes_without_transaction_details: AtomicU64,
     /// Tables already warned about changes without transaction details.
     pub warned_without_transaction_details: Mutex<std::collections::BTreeSet<String>>,
-    /// Control records acknowledged.
+    /// Control records read (every kind).
     pub control_records: AtomicU64,
+    /// Truncate and drop-table control records of routed tables, planned as
+    /// marker rows of their log tables (a redelivery counts again).
+    pub truncates: AtomicU64,
+    pub table_drops: AtomicU64,
+    /// DDL of routed tables reported but not applied (rename-table,
+    /// add-column, drop-column, rename-column, change-columns,
+    /// column-type-change), each with a WARN naming the table and what to do.
+    pub ddl_reported: AtomicU64,
+    /// Merges skipped because the table's source was dropped and the
+    /// operator has not resumed it yet (one per table per merge attempt).
+    pub merges_paused: AtomicU64,
+    /// The final tables whose merge is paused by a drop-table right now
+    /// (a gauge: a table leaves it when it is resumed).
+    pub paused_tables: Mutex<std::collections::BTreeSet<String>>,
     /// Changes for unrouted tables acknowledged without shipping (non-strict routing).
     pub skipped: AtomicU64,
     /// insertAll requests sent, and those retried.
@@ -109,6 +123,7 @@ impl Metrics {
     /// Logs one line with every counter.
     pub fn log_summary(&self) {
         let g = Self::get;
+        let paused: Vec<String> = self.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         let latency = self.latency.snapshot();
         let committed: Vec<String> =
             self.committed.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|((t, p), o)| format!("{t}/{p}={o}")).collect();
@@ -119,6 +134,11 @@ impl Metrics {
             landed = g(&self.landed),
             dead_lettered = g(&self.dead_lettered),
             control_records = g(&self.control_records),
+            truncates = g(&self.truncates),
+            table_drops = g(&self.table_drops),
+            ddl_reported = g(&self.ddl_reported),
+            merges_paused = g(&self.merges_paused),
+            paused_tables = %paused.join(","),
             changes_without_transaction_details = g(&self.changes_without_transaction_details),
             skipped = g(&self.skipped),
             requests = g(&self.requests),

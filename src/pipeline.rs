@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::decode::row::{self, Coords, COL_KEY};
-use crate::decode::{dms, Decoded, Rejection};
+use crate::decode::{dms, Control, ControlKind, Decoded, Rejection};
 use crate::key::DedupKey;
 use crate::log::{now_ms, DeadLetter, KafkaMessage, KeyState, PendingRecord, RefusedRow, Stage, Wal, WalBatch, WalError};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -135,7 +135,7 @@ pub enum Plan {
     Rows(Vec<(String, row::LogRow)>),
     /// A dead letter, to be recorded and shipped to the dead-letter table.
     Dead(Box<DeadLetter>),
-    /// Nothing to ship (control record, unrouted table in non-strict mode).
+    /// Nothing to ship (a reported control record, an unrouted table in non-strict mode).
     Ack,
 }
 
@@ -148,11 +148,7 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
             return Err(Rejection::TooLarge { size: payload.len(), max: cfg.pipeline.max_message_bytes });
         }
         match dms::decode(payload, &cfg.pipeline.before_image_field)? {
-            Decoded::Control { operation, schema, table } => {
-                tracing::info!(operation, ?schema, ?table, topic = %at.topic, partition = at.partition, offset = at.offset, "DMS control record acknowledged");
-                Metrics::add(&metrics.control_records, 1);
-                Ok(Plan::Ack)
-            }
+            Decoded::Control(control) => plan_control(cfg, &control, &at, metrics),
             Decoded::Row(change) => match cfg.route(&change.schema, &change.table) {
                 Some(route) => {
                     let rows = row::build(&change, route, &at)?;
@@ -172,6 +168,59 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
     match result {
         Ok(p) => p,
         Err(rejection) => Plan::Dead(Box::new(dead_letter(msg, rejection.to_string()))),
+    }
+}
+
+/// A DMS control record (docs/design.md, "DDL control records"):
+///
+/// * a truncate or drop-table of a routed table becomes a marker row of its
+///   log table, shipped through the WAL like any change, so it reaches the
+///   MERGE durably and in order (the MERGE empties the final table as of it;
+///   a drop also pauses the table's merge until the operator resumes it);
+/// * the other DDL kinds are reported (WARN naming the table, what the
+///   record carries and what to do; counted in `ddl_reported`) and acknowledged;
+/// * `create-table`, and anything for a table that is not routed, is logged
+///   and acknowledged: a control record is never dead-lettered for its table.
+fn plan_control(cfg: &Config, control: &Control, at: &Coords, metrics: &Metrics) -> Result<Plan, Rejection> {
+    Metrics::add(&metrics.control_records, 1);
+    let table = control.table_name();
+    let route = match (&control.schema, &control.table) {
+        (Some(schema), Some(name)) => cfg.route(schema, name),
+        _ => None,
+    };
+    let (topic, partition, offset) = (&at.topic, at.partition, at.offset);
+    match (control.kind, route) {
+        (ControlKind::Truncate | ControlKind::DropTable, Some(route)) => {
+            let Some(row) = row::build_control(control, route, at)? else { return Ok(Plan::Ack) };
+            if control.kind == ControlKind::Truncate {
+                Metrics::add(&metrics.truncates, 1);
+                tracing::warn!(table, final_table = %route.final_table, topic = %topic, partition, offset,
+                    "source table truncated: its final table is emptied as of the truncate at the next merge");
+            } else {
+                Metrics::add(&metrics.table_drops, 1);
+                tracing::error!(table, final_table = %route.final_table, topic = %topic, partition, offset,
+                    "source table DROPPED: its final table is emptied as of the drop and its merge is paused at the next merge; \
+                     changes after the drop stay in the log table. Re-create or remove the table in the config, then run \
+                     `landfall ddl resume --table {}` (README, \"DDL\")", route.final_table);
+            }
+            Ok(Plan::Rows(vec![(route.log_table.clone(), row)]))
+        }
+        (ControlKind::Truncate | ControlKind::DropTable, None) if control.table.is_none() => {
+            Err(Rejection::ControlWithoutTable(control.operation.clone()))
+        }
+        (ControlKind::CreateTable, _) | (_, None) => {
+            tracing::info!(operation = control.operation, table, routed = route.is_some(), topic = %topic, partition, offset,
+                "DMS control record acknowledged");
+            Ok(Plan::Ack)
+        }
+        (kind, Some(route)) => {
+            Metrics::add(&metrics.ddl_reported, 1);
+            tracing::warn!(operation = control.operation, table, final_table = %route.final_table,
+                details = control.details.as_deref().unwrap_or("(none: IncludeControlDetails is off)"),
+                action = kind.operator_action(), topic = %topic, partition, offset,
+                "source table DDL reported, not applied");
+            Ok(Plan::Ack)
+        }
     }
 }
 
@@ -779,5 +828,81 @@ mod tests {
         let d = wal.dead_letters().next().unwrap().unwrap();
         assert_eq!((d.topic.as_str(), d.offset, d.message.is_none()), ("dms", 9, true));
         assert_eq!(d.row.as_ref().map(|r| (r.table.as_str(), r.key)), Some(("t_log", [3; 32])));
+    }
+
+    use crate::decode::row::COL_OP;
+
+    fn config() -> Config {
+        Config::from_toml(
+            r#"
+[kafka]
+bootstrap_servers = "localhost:9092"
+group_id = "landfall"
+topics = ["dms"]
+[wal]
+path = "/tmp/wal"
+[bigquery]
+project = "landfall-local"
+dataset = "d"
+endpoint = "http://127.0.0.1:9050/bigquery/v2"
+auth = { method = "none" }
+[[tables]]
+source = "sales.customers"
+log_table = "customers_log"
+final_table = "customers"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } ]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn msg(op: &str, table: &str, offset: i64) -> Msg {
+        let text = format!(
+            r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"sales","table-name":"{table}"}}}}"#
+        );
+        Msg { topic: "dms".into(), partition: 0, offset, payload: Some(text.into_bytes()), produced_ms: None, ..Default::default() }
+    }
+
+    #[test]
+    fn ddl_control_records_become_markers_or_reports_and_are_never_dead_lettered() {
+        let (cfg, metrics) = (config(), Metrics::default());
+        // Truncate and drop-table of a routed table: one marker row for its log table.
+        for (op, code) in [("truncate-table", "T"), ("truncate", "T"), ("drop-table", "X")] {
+            match plan(&cfg, &msg(op, "customers", 1), &metrics) {
+                Plan::Rows(rows) => {
+                    assert_eq!(rows.len(), 1, "{op}");
+                    assert_eq!(rows[0].0, "customers_log");
+                    assert_eq!(rows[0].1.json[COL_OP], code);
+                    assert!(!rows[0].1.json.contains_key("id"), "a marker has no key columns");
+                }
+                other => panic!("{op}: {other:?}"),
+            }
+        }
+        assert_eq!((Metrics::get(&metrics.truncates), Metrics::get(&metrics.table_drops)), (2, 1));
+        // The rest are reported (counted) and acknowledged.
+        for op in ["rename-table", "add-column", "drop-column", "rename-column", "change-columns", "column-type-change"] {
+            assert!(matches!(plan(&cfg, &msg(op, "customers", 2), &metrics), Plan::Ack), "{op}");
+        }
+        assert_eq!(Metrics::get(&metrics.ddl_reported), 6);
+        // create-table, and any DDL of a table that is not routed, is acknowledged (even with strict routing).
+        assert!(cfg.pipeline.strict_routing);
+        assert!(matches!(plan(&cfg, &msg("create-table", "customers", 3), &metrics), Plan::Ack));
+        for op in ["truncate-table", "drop-table", "add-column"] {
+            assert!(matches!(plan(&cfg, &msg(op, "elsewhere", 4), &metrics), Plan::Ack), "{op}");
+        }
+        assert_eq!(Metrics::get(&metrics.ddl_reported), 6, "unrouted tables are not reported");
+        assert_eq!(Metrics::get(&metrics.control_records), 3 + 6 + 1 + 3);
+        // A truncate that names no table cannot be applied: dead-lettered with the reason.
+        let nameless = Msg {
+            payload: Some(
+                br#"{"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"truncate-table"}}"#.to_vec(),
+            ),
+            ..msg("truncate", "customers", 5)
+        };
+        match plan(&cfg, &nameless, &metrics) {
+            Plan::Dead(d) => assert!(d.reason.contains("names no table"), "{}", d.reason),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -10,16 +10,35 @@
 //! ```
 //!
 //! `load`, `insert` and `update` are upserts, `delete` is a delete; a column
-//! missing from `data` is NULL. Control records are recognised and returned as
-//! [`Decoded::Control`]. Anything else is a [`Rejection`].
+//! missing from `data` is NULL. Control records (record-type `control`) are
+//! returned as [`Decoded::Control`] with their kind and the metadata that
+//! orders them; a truncate is also recognised under record-type `data`
+//! (operation `truncate` or `truncate-table`), so no legitimate truncate is
+//! dead-lettered whichever way it is labelled. Anything else is a [`Rejection`].
 
 use serde_json::{Map, Value};
 
-use super::{value, Change, Decoded, Op, Rejection};
+use super::{value, Change, Control, ControlKind, Decoded, Op, Rejection};
 
-/// The DMS control operations (record-type `control`).
-pub const CONTROL_OPERATIONS: &[&str] =
-    &["create-table", "rename-table", "drop-table", "change-columns", "add-column", "drop-column", "rename-column", "column-type-change"];
+/// The DMS control operations (record-type `control`). DMS's Kafka
+/// documentation lists the first eight; it names no truncate operation, so
+/// both spellings a truncate may carry are accepted (docs/design.md, "DDL
+/// control records").
+pub const CONTROL_OPERATIONS: &[&str] = &[
+    "create-table",
+    "rename-table",
+    "drop-table",
+    "change-columns",
+    "add-column",
+    "drop-column",
+    "rename-column",
+    "column-type-change",
+    "truncate-table",
+    "truncate",
+];
+
+/// At most this many characters of a control record's details are kept for its log line.
+const CONTROL_DETAILS_LIMIT: usize = 512;
 
 /// Decodes one message value. `before_image_field` is the top-level field
 /// DMS puts the before image under (`BeforeImageSettings.FieldName`).
@@ -42,13 +61,10 @@ pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejec
     let operation = required_str(field("operation"), "operation")?;
     let schema = optional_str(field("schema-name"), "schema-name")?;
     let table = optional_str(field("table-name"), "table-name")?;
+    let truncate_as_data = record_type == "data" && ControlKind::of(&operation) == Some(ControlKind::Truncate);
     match record_type.as_str() {
-        "control" => {
-            if !CONTROL_OPERATIONS.contains(&operation.as_str()) {
-                return Err(Rejection::UnknownOperation(operation));
-            }
-            Ok(Decoded::Control { operation, schema, table })
-        }
+        "control" => control(&m, &root, operation, schema, table).map(Decoded::Control),
+        "data" if truncate_as_data => control(&m, &root, operation, schema, table).map(Decoded::Control),
         "data" => {
             let op = match operation.as_str() {
                 "load" | "insert" | "update" => Op::Upsert,
@@ -91,6 +107,55 @@ pub fn decode(payload: &[u8], before_image_field: &str) -> Result<Decoded, Rejec
         }
         other => Err(Rejection::UnknownRecordType(other.to_owned())),
     }
+}
+
+/// A control record: its kind and the metadata that names and orders it.
+/// A missing or invalid timestamp is kept as `None` here; the kinds that
+/// need it (truncate, drop-table) are rejected when their row is built.
+fn control(
+    m: &Map<String, Value>,
+    root: &Map<String, Value>,
+    operation: String,
+    schema: Option<String>,
+    table: Option<String>,
+) -> Result<Control, Rejection> {
+    let Some(kind) = ControlKind::of(&operation) else {
+        return Err(Rejection::UnknownControlOperation(operation));
+    };
+    let field = |name: &str| m.get(name);
+    let timestamp = optional_str(field("timestamp"), "timestamp")?;
+    let timestamp_micros = match &timestamp {
+        Some(t) => match value::parse_timestamp_micros(t) {
+            Ok(micros) => Some(micros),
+            // Only a marker is ordered by it; a reported record is still reported.
+            Err(message) if kind.marker_op().is_some() => return Err(Rejection::BadMetadata { field: "timestamp", message }),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    // What DMS adds with IncludeControlDetails (table and column definitions),
+    // shown to the operator, bounded and with control characters escaped.
+    let details = (!root.is_empty()).then(|| {
+        let text = Value::Object(root.clone()).to_string();
+        let mut shown: String = text.chars().take(CONTROL_DETAILS_LIMIT).flat_map(char::escape_debug).collect();
+        if text.chars().count() > CONTROL_DETAILS_LIMIT {
+            shown.push('…');
+        }
+        shown
+    });
+    Ok(Control {
+        kind,
+        operation,
+        schema,
+        table,
+        timestamp,
+        timestamp_micros,
+        commit_timestamp: optional_str(field("commit-timestamp"), "commit-timestamp")?,
+        stream_position: optional_str(field("stream-position"), "stream-position")?,
+        transaction_id: optional_scalar(field("transaction-id"), "transaction-id")?,
+        transaction_record_id: optional_scalar(field("transaction-record-id"), "transaction-record-id")?,
+        details,
+    })
 }
 
 /// Parses a message: strict JSON, plus bare `NaN`, `Infinity` and
@@ -346,8 +411,73 @@ mod tests {
             let text = format!(
                 r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"}}}}"#
             );
-            assert!(matches!(decode(text.as_bytes(), "before-image").unwrap(), Decoded::Control { .. }), "{op}");
+            assert!(matches!(decode(text.as_bytes(), "before-image").unwrap(), Decoded::Control(_)), "{op}");
         }
+    }
+
+    fn control(op: &str, record_type: &str, extra: &str) -> Result<Decoded, Rejection> {
+        let text = format!(
+            r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32.5Z","record-type":"{record_type}","operation":"{op}","partition-key-type":"task-id","schema-name":"sales","table-name":"widgets"{extra}}}}}"#
+        );
+        decode(text.as_bytes(), "before-image")
+    }
+
+    #[test]
+    fn ddl_control_records_decode_with_their_kind_and_ordering_metadata() {
+        let kinds = [
+            ("truncate-table", ControlKind::Truncate),
+            ("truncate", ControlKind::Truncate),
+            ("drop-table", ControlKind::DropTable),
+            ("create-table", ControlKind::CreateTable),
+            ("rename-table", ControlKind::RenameTable),
+            ("add-column", ControlKind::AddColumn),
+            ("drop-column", ControlKind::DropColumn),
+            ("rename-column", ControlKind::RenameColumn),
+            ("change-columns", ControlKind::ChangeColumns),
+            ("column-type-change", ControlKind::ColumnTypeChange),
+        ];
+        assert_eq!(kinds.len(), CONTROL_OPERATIONS.len(), "every control operation has a kind");
+        for (op, kind) in kinds {
+            let Decoded::Control(c) = control(op, "control", "").unwrap() else { panic!("{op}") };
+            assert_eq!((c.kind, c.operation.as_str()), (kind, op));
+            assert_eq!((c.schema.as_deref(), c.table.as_deref()), (Some("sales"), Some("widgets")));
+            assert_eq!(c.timestamp_micros, Some(1_795_750_112_500_000));
+            assert_eq!(kind.marker_op().is_some(), matches!(kind, ControlKind::Truncate | ControlKind::DropTable), "{op}");
+        }
+        // Transaction details, as on changes.
+        let tx = r#","transaction-id":77,"transaction-record-id":1,"stream-position":"0/1A0","commit-timestamp":"2026-11-27T03:28:31Z""#;
+        let Decoded::Control(c) = control("truncate-table", "control", tx).unwrap() else { panic!() };
+        assert!(c.has_transaction_details());
+        assert_eq!((c.stream_position.as_deref(), c.transaction_id.as_deref()), (Some("0/1A0"), Some("77")));
+        // A truncate labelled as a data record is still a truncate, not a dead letter.
+        for op in ["truncate", "truncate-table"] {
+            let Decoded::Control(c) = control(op, "data", "").unwrap() else { panic!("{op}") };
+            assert_eq!(c.kind, ControlKind::Truncate);
+        }
+        // Details (IncludeControlDetails) are kept, bounded, for the log line.
+        let text = format!(
+            r#"{{"data":{{"column":"{}\u0007"}},"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"add-column","schema-name":"s","table-name":"t"}}}}"#,
+            "x".repeat(600)
+        );
+        let Decoded::Control(c) = decode(text.as_bytes(), "before-image").unwrap() else { panic!() };
+        let details = c.details.unwrap();
+        assert!(details.starts_with(r#"{\"data\":{\"column\":\"xxx"#) && details.ends_with('…') && details.len() < 700, "{details}");
+        // A marker needs a valid timestamp (it orders it); a reported record does not.
+        let bad = |op: &str| {
+            decode(
+                format!(
+                    r#"{{"metadata":{{"timestamp":"soon","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"}}}}"#
+                )
+                .as_bytes(),
+                "before-image",
+            )
+        };
+        assert!(matches!(bad("truncate-table"), Err(Rejection::BadMetadata { field: "timestamp", .. })));
+        assert!(matches!(bad("drop-table"), Err(Rejection::BadMetadata { field: "timestamp", .. })));
+        assert!(matches!(bad("rename-table"), Ok(Decoded::Control(Control { timestamp_micros: None, .. }))));
+        // Unknown control operations are still rejected, naming the record type.
+        let err = control("vacuum", "control", "").unwrap_err().to_string();
+        assert!(err.contains("unknown control operation `vacuum`"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct IdentError {
 }
 
 /// At most 64 characters of a name, with control characters escaped, for messages.
+pub fn shown(name: &str) -> String {
+    printable(name)
+}
+
 fn printable(name: &str) -> String {
     let mut s: String = name.chars().take(64).flat_map(char::escape_debug).collect();
     if name.chars().count() > 64 {

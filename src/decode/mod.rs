@@ -69,12 +69,125 @@ impl Change {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     Row(Change),
-    /// A DMS control record (create-table, add-column, ...): logged and acknowledged.
-    Control {
-        operation: String,
-        schema: Option<String>,
-        table: Option<String>,
-    },
+    /// A DMS control record (DDL): a truncate or drop-table becomes a marker
+    /// row of its table's log (`row::build_control`); the rest are reported
+    /// and acknowledged (docs/design.md, "DDL control records").
+    Control(Control),
+}
+
+/// What a DMS control record says happened to a source table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    /// Every row of the table is gone; the table stays (`truncate-table`,
+    /// also accepted as `truncate`).
+    Truncate,
+    /// The table is gone (`drop-table`).
+    DropTable,
+    /// `create-table`: informational (a re-created table's rows follow as changes).
+    CreateTable,
+    /// `rename-table`, `add-column`, `drop-column`, `rename-column`,
+    /// `change-columns`, `column-type-change`: reported, not applied.
+    RenameTable,
+    AddColumn,
+    DropColumn,
+    RenameColumn,
+    ChangeColumns,
+    ColumnTypeChange,
+}
+
+impl ControlKind {
+    /// The kind of a DMS control operation name, if it is one.
+    pub fn of(operation: &str) -> Option<ControlKind> {
+        Some(match operation {
+            "truncate-table" | "truncate" => ControlKind::Truncate,
+            "drop-table" => ControlKind::DropTable,
+            "create-table" => ControlKind::CreateTable,
+            "rename-table" => ControlKind::RenameTable,
+            "add-column" => ControlKind::AddColumn,
+            "drop-column" => ControlKind::DropColumn,
+            "rename-column" => ControlKind::RenameColumn,
+            "change-columns" => ControlKind::ChangeColumns,
+            "column-type-change" => ControlKind::ColumnTypeChange,
+            _ => return None,
+        })
+    }
+
+    /// The log table's `_landfall_op` of the marker row this kind becomes,
+    /// for the kinds that remove rows (truncate and drop-table).
+    pub fn marker_op(self) -> Option<&'static str> {
+        match self {
+            ControlKind::Truncate => Some(OP_TRUNCATE),
+            ControlKind::DropTable => Some(OP_DROP_TABLE),
+            _ => None,
+        }
+    }
+
+    /// What the operator should do about a reported kind (for its WARN log).
+    pub fn operator_action(self) -> &'static str {
+        match self {
+            ControlKind::Truncate | ControlKind::DropTable | ControlKind::CreateTable => "none",
+            ControlKind::RenameTable => {
+                "changes now arrive under the new name: route it ([[tables]] source), or they are dead-lettered \
+                 (strict routing) or skipped; the final table keeps the rows landed under the old name"
+            }
+            ControlKind::AddColumn => {
+                "changes that carry the new column are dead-lettered until it is configured: add it to the table's \
+                 columns, restart, then `landfall dlq replay --all`"
+            }
+            ControlKind::DropColumn => {
+                "later changes leave the column out: it becomes NULL in the final table (a keep_when_missing column \
+                 keeps its last value); remove it from the config when you no longer want it"
+            }
+            ControlKind::RenameColumn => {
+                "changes with the new name are dead-lettered and the old name becomes NULL: rename the column in \
+                 the config and the final table, restart, then `landfall dlq replay --all`"
+            }
+            ControlKind::ChangeColumns | ControlKind::ColumnTypeChange => {
+                "values of the new type that do not fit the configured type are dead-lettered: change the \
+                 column's type in the config and the tables, restart, then `landfall dlq replay --all`"
+            }
+        }
+    }
+}
+
+/// `_landfall_op` of a truncate marker in a log table.
+pub const OP_TRUNCATE: &str = "T";
+/// `_landfall_op` of a drop-table marker in a log table.
+pub const OP_DROP_TABLE: &str = "X";
+
+/// A DMS control record: the metadata that names and orders it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub kind: ControlKind,
+    /// The operation as DMS named it.
+    pub operation: String,
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    /// `metadata.timestamp`, when present and valid (required for the
+    /// kinds that become marker rows: it orders them).
+    pub timestamp: Option<String>,
+    pub timestamp_micros: Option<i64>,
+    pub commit_timestamp: Option<String>,
+    pub stream_position: Option<String>,
+    pub transaction_id: Option<String>,
+    pub transaction_record_id: Option<String>,
+    /// A short, printable rendering of what the record carries besides its
+    /// metadata (`IncludeControlDetails`: table and column definitions), for
+    /// the operator's log line. Never used for anything else.
+    pub details: Option<String>,
+}
+
+impl Control {
+    /// Whether DMS named this record in the source (as [`Change::has_transaction_details`]).
+    pub fn has_transaction_details(&self) -> bool {
+        self.transaction_id.is_some() && self.transaction_record_id.is_some()
+    }
+
+    /// `schema.table` for log lines (escaped, bounded).
+    pub fn table_name(&self) -> String {
+        let part = |s: &Option<String>| s.as_deref().map(ident::shown).unwrap_or_default();
+        format!("{}.{}", part(&self.schema), part(&self.table))
+    }
 }
 
 /// Why a message cannot become a row. The text is recorded with the dead letter.
@@ -94,6 +207,10 @@ pub enum Rejection {
     UnknownRecordType(String),
     #[error("unknown data operation `{0}`")]
     UnknownOperation(String),
+    #[error("unknown control operation `{0}`")]
+    UnknownControlOperation(String),
+    #[error("control record `{0}` names no table")]
+    ControlWithoutTable(String),
     #[error("table `{0}` is not routed (no [[tables]] entry) and routing is strict")]
     Unrouted(String),
     #[error("{0}")]

@@ -7,10 +7,15 @@
 //!
 //! An update that changes the primary key (detected through the before image)
 //! becomes two rows: a delete of the old key and an upsert of the new one.
+//!
+//! A truncate or drop-table control record becomes one marker row
+//! ([`build_control`]): `_landfall_op` `T` or `X`, its own dedup key, an
+//! ordering value of the table's form, and no source columns. The MERGE
+//! removes every change not newer than it (docs/design.md, "DDL control records").
 
 use serde_json::{Map, Value};
 
-use super::{ident, position, value, Change, Op, OrderBy, Rejection};
+use super::{ident, position, value, Change, Control, Op, OrderBy, Rejection};
 use crate::config::TableConfig;
 use crate::key::DedupKey;
 
@@ -54,6 +59,10 @@ pub enum Part {
     /// partition: the old key's earlier changes may sit in another partition
     /// (DMS partitions by the new key), and only the row's own order is known.
     OldKeyDelete = 1,
+    /// A truncate or drop-table marker: sorts after every change with the
+    /// same timestamp (any partition) or the same position, so a change DMS
+    /// stamped with the truncate's own timestamp counts as before it.
+    Control = 2,
 }
 
 /// The total order of changes to one primary key, as a string compared
@@ -67,42 +76,94 @@ pub enum Part {
 ///   Kafka partition and offset. A change without a position is rejected,
 ///   except a full-load row (`load`), which sorts before every position.
 pub fn order_value(change: &Change, order_by: OrderBy, part: Part, partition: i32, offset: i64) -> Result<String, Rejection> {
-    let mut out = String::with_capacity(96);
-    match order_by {
-        OrderBy::Timestamp => {
-            // Shift so that timestamps before 1970 still sort correctly.
-            let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
-            out.push_str(&format!("t{shifted:020}"));
-        }
-        _ if change.stream_position.is_none() && change.operation == "load" => {
-            // Full-load rows carry no log position; DMS applies the changes
-            // cached during the load after it, so they sort before every
-            // position ('!' < any digit), among themselves by timestamp.
-            let shifted = (change.timestamp_micros as i128) + (1i128 << 62);
-            out.push_str(&format!("p!{shifted:020}"));
-        }
-        format => {
-            let pos = change.stream_position.as_deref().ok_or_else(|| Rejection::BadMetadata {
+    let of = OrderOf {
+        timestamp_micros: change.timestamp_micros,
+        stream_position: change.stream_position.as_deref(),
+        transaction_record_id: change.transaction_record_id.as_deref(),
+        full_load: change.operation == "load",
+    };
+    of.value(order_by, part, partition, offset)
+}
+
+/// What the ordering value of a change or control record is made of.
+struct OrderOf<'a> {
+    timestamp_micros: i64,
+    stream_position: Option<&'a str>,
+    transaction_record_id: Option<&'a str>,
+    /// A DMS `load` row: without a position it sorts before every position.
+    full_load: bool,
+}
+
+impl OrderOf<'_> {
+    fn value(&self, order_by: OrderBy, part: Part, partition: i32, offset: i64) -> Result<String, Rejection> {
+        let mut out = String::with_capacity(96);
+        match order_by {
+            OrderBy::Timestamp => {
+                // Shift so that timestamps before 1970 still sort correctly.
+                let shifted = (self.timestamp_micros as i128) + (1i128 << 62);
+                out.push_str(&format!("t{shifted:020}"));
+            }
+            _ if self.stream_position.is_none() && self.full_load => {
+                // Full-load rows carry no log position; DMS applies the changes
+                // cached during the load after it, so they sort before every
+                // position ('!' < any digit), among themselves by timestamp.
+                let shifted = (self.timestamp_micros as i128) + (1i128 << 62);
+                out.push_str(&format!("p!{shifted:020}"));
+            }
+            format => {
+                let pos = self.stream_position.ok_or_else(|| Rejection::BadMetadata {
                 field: "stream-position",
                 message: format!(
                     "missing, but the table is ordered by {} positions (enable IncludeTransactionDetails on the DMS endpoint, or set order_by = \"timestamp\")",
                     format.name()
                 ),
             })?;
-            let normalized =
-                position::normalize(format, pos).map_err(|message| Rejection::BadMetadata { field: "stream-position", message })?;
-            let record = match change.transaction_record_id.as_deref() {
-                None => 0,
-                Some(r) => r.trim().parse::<u64>().map_err(|_| Rejection::BadMetadata {
-                    field: "transaction-record-id",
-                    message: "must be a non-negative integer".into(),
-                })?,
-            };
-            out.push_str(&format!("p{normalized}/{record:020}"));
+                let normalized =
+                    position::normalize(format, pos).map_err(|message| Rejection::BadMetadata { field: "stream-position", message })?;
+                let record = match self.transaction_record_id {
+                    None => 0,
+                    Some(r) => r.trim().parse::<u64>().map_err(|_| Rejection::BadMetadata {
+                        field: "transaction-record-id",
+                        message: "must be a non-negative integer".into(),
+                    })?,
+                };
+                out.push_str(&format!("p{normalized}/{record:020}"));
+            }
         }
+        out.push_str(&format!("/{}/{:010}/{:020}", part as u8, partition.max(0), offset.max(0)));
+        Ok(out)
     }
-    out.push_str(&format!("/{}/{:010}/{:020}", part as u8, partition.max(0), offset.max(0)));
-    Ok(out)
+}
+
+/// The marker row a truncate or drop-table control record becomes in the
+/// log table of `route`: `_landfall_op` `T` (truncate) or `X` (drop-table),
+/// its dedup key ([`DedupKey::of_control`]) and its ordering value (the
+/// table's `order_by`, [`Part::Control`]), and no source columns. Other
+/// kinds have no row (`None`). Like a change, a marker without what its
+/// table's ordering needs (a timestamp; a position of the configured format)
+/// is rejected, never ordered another way.
+pub fn build_control(control: &Control, route: &TableConfig, at: &Coords) -> Result<Option<LogRow>, Rejection> {
+    let Some(op) = control.kind.marker_op() else {
+        return Ok(None);
+    };
+    let micros = control.timestamp_micros.ok_or(Rejection::BadMetadata { field: "timestamp", message: "missing".into() })?;
+    let of = OrderOf {
+        timestamp_micros: micros,
+        stream_position: control.stream_position.as_deref(),
+        transaction_record_id: control.transaction_record_id.as_deref(),
+        full_load: false,
+    };
+    let order = of.value(route.order_by(), Part::Control, at.partition, at.offset)?;
+    let key = DedupKey::of_control(control, at);
+    let mut json = Map::new();
+    json.insert(COL_KEY.into(), Value::String(key.to_hex()));
+    json.insert(COL_OP.into(), Value::String(op.into()));
+    json.insert(COL_ORDER.into(), Value::String(order));
+    json.insert(COL_SOURCE_TS.into(), Value::String(value::format_timestamp_micros(micros)));
+    json.insert(COL_TOPIC.into(), Value::String(at.topic.clone()));
+    json.insert(COL_PARTITION.into(), Value::from(at.partition));
+    json.insert(COL_OFFSET.into(), Value::from(at.offset));
+    Ok(Some(LogRow { key, json }))
 }
 
 /// Builds the log row(s) of a change for the table `route`.
@@ -327,6 +388,54 @@ mod tests {
         assert!(ord(&d, OrderBy::Timestamp, Part::Change, 0, 1) < ord(&c, OrderBy::Timestamp, Part::Change, 0, 1));
         // The delete of an old key sorts after every change with its timestamp, in any partition.
         assert!(ord(&c, OrderBy::Timestamp, Part::Change, 7, 99) < ord(&c, OrderBy::Timestamp, Part::OldKeyDelete, 0, 1));
+    }
+
+    fn control(op: &str, extra: &str) -> crate::decode::Control {
+        let text = format!(
+            r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"s","table-name":"t"{extra}}}}}"#
+        );
+        match dms::decode(text.as_bytes(), "before-image").unwrap() {
+            Decoded::Control(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncate_and_drop_markers_are_ordered_like_the_changes_around_them() {
+        let order = |row: &LogRow| row.json[COL_ORDER].as_str().unwrap().to_owned();
+        // Timestamp ordering: after every change with its timestamp (any
+        // partition), before every later change.
+        let marker = build_control(&control("truncate-table", ""), &route(), &at(5)).unwrap().unwrap();
+        assert_eq!(marker.json[COL_OP], "T");
+        assert_eq!(marker.json[COL_KEY], marker.key.to_hex());
+        assert!(!marker.json.contains_key("id") && !marker.json.contains_key("name"), "no source columns");
+        let same_ts = change("insert", r#"{"id":1}"#, "");
+        let mut later = same_ts.clone();
+        later.timestamp_micros += 1;
+        assert!(order_value(&same_ts, OrderBy::Timestamp, Part::Change, 9, 99).unwrap() < order(&marker));
+        assert!(order_value(&same_ts, OrderBy::Timestamp, Part::OldKeyDelete, 9, 99).unwrap() < order(&marker));
+        assert!(order(&marker) < order_value(&later, OrderBy::Timestamp, Part::Change, 0, 0).unwrap());
+        let drop = build_control(&control("drop-table", ""), &route(), &at(6)).unwrap().unwrap();
+        assert_eq!(drop.json[COL_OP], "X");
+        // Position ordering: by its stream position, between the changes before and after it.
+        let mut route = route();
+        route.order_by = Some(OrderBy::MysqlBinlog);
+        let marker = build_control(&control("truncate", r#","stream-position":"bin.000002:500""#), &route, &at(5)).unwrap().unwrap();
+        let mut c = change("insert", r#"{"id":1}"#, "");
+        c.stream_position = Some("bin.000002:499".into());
+        assert!(order_value(&c, OrderBy::MysqlBinlog, Part::Change, 0, 99).unwrap() < order(&marker));
+        c.stream_position = Some("bin.000002:501".into());
+        assert!(order(&marker) < order_value(&c, OrderBy::MysqlBinlog, Part::Change, 0, 1).unwrap());
+        // Full-load rows (no position) sort before it.
+        let load = change("load", r#"{"id":1}"#, "");
+        assert!(order_value(&load, OrderBy::MysqlBinlog, Part::Change, 0, 99).unwrap() < order(&marker));
+        // A marker without the position its table's ordering needs is rejected, never ordered another way.
+        let err = build_control(&control("truncate-table", ""), &route, &at(5)).unwrap_err();
+        assert!(matches!(err, Rejection::BadMetadata { field: "stream-position", .. }), "{err}");
+        // Reported kinds have no row.
+        for op in ["create-table", "rename-table", "add-column", "drop-column", "rename-column"] {
+            assert_eq!(build_control(&control(op, ""), &route, &at(5)).unwrap(), None, "{op}");
+        }
     }
 
     #[test]

@@ -4,12 +4,29 @@
 //!
 //! 1. reads the table's watermark `W` from the state table (none: from the start);
 //! 2. finds `H`, the newest `_landfall_ingested` at or after `W - overlap`;
-//! 3. records the newest delete per key in the window as a tombstone
+//! 3. records the newest truncate and drop-table markers of the window in
+//!    the table's state row ([`sql::ddl_record_statement`]) and deletes the
+//!    final rows not newer than the truncation point
+//!    ([`sql::truncate_statement`]); if the table's newest drop is newer
+//!    than the one the operator last resumed from, the merge stops here,
+//!    paused (below);
+//! 4. records the newest delete per key in the window as a tombstone
 //!    ([`sql::tombstone_statement`]), then runs the MERGE
 //!    ([`sql::merge_statement`]) over `[W - overlap, H]`, leaving out changes
-//!    no newer than their key's tombstone (so a replayed old change never
-//!    brings a deleted row back);
-//! 4. stores `H` as the new watermark.
+//!    no newer than their key's tombstone or the truncation point (so a
+//!    replayed old change never brings a deleted or truncated row back);
+//! 5. stores `H` as the new watermark.
+//!
+//! Every statement is idempotent and each one's effect is recorded before a
+//! later one depends on it, so a crash between any two (or a rerun, or a
+//! full merge) is repaired by the next merge over the same window.
+//!
+//! **Paused tables.** A drop-table stops a table's merge until the operator
+//! runs `landfall ddl resume` ([`Merger::resume_table`]). While paused, a
+//! merge logs an ERROR, counts `merges_paused`, and changes nothing; the
+//! watermark stays before the drop, so nothing landed meanwhile is skipped:
+//! the first merge after the resume reads everything since. The log rows
+//! must outlive the pause (`bigquery.log_partition_expiration`).
 //!
 //! The cost of a merge is bounded by the rows ingested since the previous
 //! one (plus the overlap), not by the log's history. The MERGE is idempotent
@@ -56,6 +73,11 @@ pub struct MergeReport {
     pub window: Option<Window>,
     /// Rows of the final table inserted, updated or deleted.
     pub affected_rows: u64,
+    /// Rows deleted because the source table was truncated or dropped.
+    pub truncated_rows: u64,
+    /// Set when the table's merge is paused by a drop-table: the ordering
+    /// value of the drop. Nothing was merged and the watermark did not move.
+    pub paused_by_drop: Option<String>,
 }
 
 pub struct Merger {
@@ -111,6 +133,63 @@ impl Merger {
         unreachable!("the last attempt returns")
     }
 
+    /// The cells of the first row of `sql`'s answer (NULL as None).
+    async fn first_row(&self, table: &str, sql: &str, width: usize) -> Result<Vec<Option<String>>, MergeError> {
+        let resp = self.run(table, sql).await?;
+        let row = resp.rows.as_ref().and_then(|rows| rows.first());
+        Ok((0..width).map(|i| row.and_then(|r| cell(r, i))).collect())
+    }
+
+    /// The newest drop of the table that the operator has not resumed from.
+    async fn unresumed_drop(&self, name: &str, state: &Quoted) -> Result<Option<String>, MergeError> {
+        let ident = |source| MergeError::Identifier { table: name.into(), source };
+        let cells = self.first_row(name, &sql::read_drop_statement(state, name).map_err(ident)?, 2).await?;
+        Ok(match (cells[0].clone(), cells[1].as_deref()) {
+            (Some(dropped), resumed) if resumed.is_none_or(|r| r < dropped.as_str()) => Some(dropped),
+            _ => None,
+        })
+    }
+
+    /// Says loudly that `t`'s merge is paused by a drop, and counts it.
+    fn paused(&self, t: &TableConfig, window: Option<Window>, dropped: String, truncated_rows: u64) -> MergeReport {
+        let name = t.final_table.as_str();
+        Metrics::add(&self.metrics.merges_paused, 1);
+        self.metrics.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+        tracing::error!(
+            table = name,
+            source = %t.source,
+            dropped_at = %dropped,
+            log_partition_expiration = ?self.cfg.bigquery.log_partition_expiration,
+            "merge PAUSED: the source table was dropped; its final table was emptied as of the drop and changes after it \
+             stay in the log table, unmerged. Re-create the source table (or remove it from the config), then run \
+             `landfall ddl resume --table {name}`. Resume before the log's partitions expire (log_partition_expiration), \
+             or the changes after the drop are lost to the final table"
+        );
+        MergeReport { table: name.into(), window, affected_rows: truncated_rows, truncated_rows, paused_by_drop: Some(dropped) }
+    }
+
+    /// Lets the merge of `t` go on after a drop-table (the operator's
+    /// `landfall ddl resume`): the drop recorded for it is resumed from, and
+    /// the next merge applies the changes after it. Returns the drop's
+    /// ordering value, or `None` if no drop was recorded. A drop that lands
+    /// later pauses the table again.
+    pub async fn resume_table(&self, t: &TableConfig) -> Result<Option<String>, MergeError> {
+        let name = t.final_table.as_str();
+        let ident = |source| MergeError::Identifier { table: name.into(), source };
+        let _guard = match self.locks.get(name) {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let state = Quoted::table_path(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table).map_err(ident)?;
+        let Some(dropped) = self.unresumed_drop(name, &state).await? else {
+            return Ok(None);
+        };
+        self.run(name, &sql::resume_statement(&state, name).map_err(ident)?).await?;
+        self.metrics.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        tracing::warn!(table = name, dropped_at = %dropped, "merge resumed after a drop-table: the next merge applies the changes after it");
+        Ok(Some(dropped))
+    }
+
     async fn scalar_i64(&self, table: &str, sql: &str) -> Result<Option<i64>, MergeError> {
         let resp = self.run(table, sql).await?;
         let v = resp.rows.as_ref().and_then(|rows| rows.first()).and_then(|r| cell(r, 0));
@@ -135,21 +214,50 @@ impl Merger {
             &t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         )
         .and_then(|m| m.keep_when_missing(&t.keep_when_missing))
+        .and_then(|m| m.with_state(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table, &t.final_table))
         .map_err(ident)?;
         let state = Quoted::table_path(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table).map_err(ident)?;
+        // Paused by a drop found earlier: nothing to do until the operator resumes.
+        if let Some(dropped) = self.unresumed_drop(name, &state).await? {
+            return Ok(self.paused(t, None, dropped, 0));
+        }
+        self.metrics.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let watermark =
             if full { None } else { self.scalar_i64(name, &sql::read_watermark_statement(&state, name).map_err(ident)?).await? };
         let overlap = self.cfg.merge.overlap.as_micros() as i64;
         let from = watermark.map(|w| w.saturating_sub(overlap));
         let Some(to) = self.scalar_i64(name, &sql::max_ingested_statement(&target.log, from)).await? else {
-            return Ok(MergeReport { table: name.into(), window: None, affected_rows: 0 });
+            return Ok(MergeReport { table: name.into(), window: None, affected_rows: 0, truncated_rows: 0, paused_by_drop: None });
         };
         let window = Window { from_micros: from, to_micros: to };
-        // Tombstones first: a crash between the two statements is repaired
-        // by the next merge, which runs both again over the same window.
+        let count = |resp: &gcp_bigquery_client::model::query_response::QueryResponse| -> u64 {
+            resp.num_dml_affected_rows.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0)
+        };
+        // Truncates and drops first: recorded in the state row, then the
+        // final rows they remove are deleted. Each statement is idempotent and
+        // reads what the previous one recorded, so a crash between any two is
+        // repaired by the next merge, which runs them all again over the
+        // same window (the watermark moves only at the end).
+        let mut truncated_rows = 0;
+        if let (Some(record), Some(truncate)) = (sql::ddl_record_statement(&target, &window), sql::truncate_statement(&target)) {
+            // It touches the state row only when the window holds a marker;
+            // then (and after a crash, when the same window is read again)
+            // the final table is scanned for rows to delete.
+            if count(&self.run(name, &record).await?) > 0 {
+                truncated_rows = count(&self.run(name, &truncate).await?);
+            }
+            if truncated_rows > 0 {
+                tracing::warn!(table = name, rows = truncated_rows, "deleted final rows older than the source table's truncate or drop");
+            }
+        }
+        if let Some(dropped) = self.unresumed_drop(name, &state).await? {
+            return Ok(self.paused(t, Some(window), dropped, truncated_rows));
+        }
+        // Tombstones next: a crash between them and the MERGE is repaired
+        // the same way.
         self.run(name, &sql::tombstone_statement(&target, &window)).await?;
         let resp = self.run(name, &sql::merge_statement(&target, &window)).await?;
-        let affected = resp.num_dml_affected_rows.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let affected = count(&resp) + truncated_rows;
         crate::failpoint::hit(crate::failpoint::MID_MERGE);
         // The watermark never moves backwards (a full merge may see less).
         let new_mark = watermark.map_or(to, |w| w.max(to));
@@ -157,7 +265,7 @@ impl Merger {
         Metrics::add(&self.metrics.merges, 1);
         Metrics::add(&self.metrics.merged_rows, affected);
         tracing::info!(table = name, affected_rows = affected, from = ?window.from_micros, to = window.to_micros, "merged");
-        Ok(MergeReport { table: name.into(), window: Some(window), affected_rows: affected })
+        Ok(MergeReport { table: name.into(), window: Some(window), affected_rows: affected, truncated_rows, paused_by_drop: None })
     }
 
     /// Merges every configured table, one after the other.

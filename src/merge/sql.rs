@@ -16,12 +16,29 @@
 //!    the final row and the key's tombstone; otherwise it keeps the final
 //!    table's value (or NULL for a new row).
 //!
+//! 7. leaves out truncate and drop-table markers (`_landfall_op` `T`, `X`)
+//!    and every change whose ordering value is not newer than the table's
+//!    newest truncate or drop recorded in the state table
+//!    (`truncated_order`), so no change from before a truncate is applied,
+//!    whenever it is merged.
+//!
+//! The DDL statements ([`ddl_record_statement`], [`truncate_statement`])
+//! record the newest truncate/drop marker of a window in the state table
+//! (monotonically: a value only grows) and delete the final rows not newer
+//! than it. Both read the truncation point from the state table with a
+//! subquery, at the moment they run, so no value read from BigQuery or a
+//! message is ever written into SQL; both are idempotent.
+//!
 //! Every identifier is a [`Quoted`], i.e. validated and backtick-quoted.
 //! Timestamps are formatted here from integers, never copied from input.
+//! The only other string literals are the builder's own (`'U'`, `'D'`,
+//! `'T'`, `'X'`) and the configured final table's validated name, the key of
+//! its state row.
 
 use crate::decode::ident::{IdentError, Quoted};
 use crate::decode::row::{COL_INGESTED, COL_KEY, COL_MISSING, COL_OP, COL_ORDER};
 use crate::decode::value::format_timestamp_micros;
+use crate::decode::{OP_DROP_TABLE, OP_TRUNCATE};
 
 /// The inclusive range of `_landfall_ingested` (microseconds) a merge reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +61,25 @@ pub struct MergeTarget {
     /// `keep_when_missing`, in configured order: column `i` is bit `i` of
     /// the log's `_landfall_missing`. Each is also in `columns`.
     pub keep: Vec<Quoted>,
+    /// Where the table's truncation point lives (set by
+    /// [`MergeTarget::with_state`]; the service always sets it).
+    pub state: Option<StateRow>,
+}
+
+/// The merge-state table and the key of a final table's row in it.
+#[derive(Debug, Clone)]
+pub struct StateRow {
+    pub table: Quoted,
+    /// The final table's name, validated (`ident::validate_table`): used as
+    /// the string literal that selects its state row.
+    pub final_table: String,
+}
+
+impl StateRow {
+    /// `(SELECT MAX(<column>) FROM <state> WHERE final_table = '<name>')`.
+    fn scalar(&self, column: &str) -> String {
+        format!("(SELECT MAX({column}) FROM {} WHERE final_table = '{}')", self.table, self.final_table)
+    }
 }
 
 /// The tombstone table of a final table.
@@ -60,7 +96,18 @@ impl MergeTarget {
             columns: columns.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?,
             tombstones: Quoted::table_path(project, dataset, &tombstone_table_name(target))?,
             keep: Vec::new(),
+            state: None,
         })
+    }
+
+    /// Reads and records the table's truncation point in `state_table`
+    /// (the merge-state table), in the row of `final_table` (this target's
+    /// table name).
+    pub fn with_state(mut self, project: &str, dataset: &str, state_table: &str, final_table: &str) -> Result<Self, IdentError> {
+        crate::decode::ident::validate_table(final_table)?;
+        let table = Quoted::table_path(project, dataset, state_table)?;
+        self.state = Some(StateRow { table, final_table: final_table.to_owned() });
+        Ok(self)
     }
 
     /// Sets the table's `keep_when_missing` columns (in configured order; at
@@ -154,7 +201,7 @@ pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
          \x20       SELECT * FROM {log}\n\
          \x20       WHERE {filter}\n\
          \x20       QUALIFY ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {ingested}) = 1\n\
-         \x20     )\n\
+         \x20     ) WHERE {changes}\n\
          \x20   ) WHERE _landfall_rn = 1\n\
          \x20 ) AS L\n\
          \x20 LEFT JOIN {tombstones} AS TB ON {tomb_on}\n\
@@ -168,7 +215,79 @@ pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
         log = t.log,
         tombstones = t.tombstones,
         filter = window_filter(window),
+        changes = changes_after_truncation(t),
     )
+}
+
+/// The condition on a key-deduplicated log row for the MERGE to consider
+/// it: a change (not a marker), newer than the table's truncation point.
+/// After key dedup, so the first-ingested copy of a change decides.
+fn changes_after_truncation(t: &MergeTarget) -> String {
+    let (op, order) = (Quoted::internal(COL_OP), Quoted::internal(COL_ORDER));
+    let changes = format!("{op} IN ('U', 'D')");
+    match &t.state {
+        None => changes,
+        Some(state) => {
+            let truncated = state.scalar("truncated_order");
+            format!("{changes} AND ({truncated} IS NULL OR {order} > {truncated})")
+        }
+    }
+}
+
+/// Records the newest truncate and drop-table markers of `window` in the
+/// table's state row: `truncated_order` (the newest of either) and
+/// `dropped_order` (the newest drop), each only ever raised. `None` without
+/// a state table. Run before [`truncate_statement`] and the MERGE.
+pub fn ddl_record_statement(t: &MergeTarget, window: &Window) -> Option<String> {
+    let state = t.state.as_ref()?;
+    let (op, order) = (Quoted::internal(COL_OP), Quoted::internal(COL_ORDER));
+    let raise = |c: &str| format!("{c} = IF(S.{c} IS NULL OR (T.{c} IS NOT NULL AND T.{c} >= S.{c}), T.{c}, S.{c})");
+    Some(format!(
+        "MERGE {state_table} AS T\n\
+         USING (\n\
+         \x20 SELECT '{name}' AS final_table,\n\
+         \x20   MAX({order}) AS truncated_order,\n\
+         \x20   MAX(IF({op} = '{drop}', {order}, NULL)) AS dropped_order\n\
+         \x20 FROM {log}\n\
+         \x20 WHERE {filter} AND {op} IN ('{truncate}', '{drop}')\n\
+         ) AS S\n\
+         ON T.final_table = S.final_table\n\
+         WHEN MATCHED AND S.truncated_order IS NOT NULL THEN UPDATE SET {truncated}, {dropped}\n\
+         WHEN NOT MATCHED AND S.truncated_order IS NOT NULL THEN INSERT (final_table, truncated_order, dropped_order) \
+         VALUES (S.final_table, S.truncated_order, S.dropped_order)",
+        state_table = state.table,
+        name = state.final_table,
+        log = t.log,
+        filter = window_filter(window),
+        truncate = OP_TRUNCATE,
+        drop = OP_DROP_TABLE,
+        truncated = raise("truncated_order"),
+        dropped = raise("dropped_order"),
+    ))
+}
+
+/// Deletes every final-table row whose ordering value is not newer than the
+/// table's truncation point (nothing when there is none). `None` without a
+/// state table.
+pub fn truncate_statement(t: &MergeTarget) -> Option<String> {
+    let state = t.state.as_ref()?;
+    let order = Quoted::internal(COL_ORDER);
+    Some(format!("DELETE FROM {target} WHERE {order} <= {truncated}", target = t.target, truncated = state.scalar("truncated_order")))
+}
+
+/// The table's newest drop and the drop the operator last resumed from
+/// (`dropped_order`, `resumed_order`): its merge is paused while the first
+/// is newer. `final_table` is a validated table name.
+pub fn read_drop_statement(state: &Quoted, final_table: &str) -> Result<String, IdentError> {
+    crate::decode::ident::validate_table(final_table)?;
+    Ok(format!("SELECT MAX(dropped_order), MAX(resumed_order) FROM {state} WHERE final_table = '{final_table}'"))
+}
+
+/// Resumes a table paused by a drop: `resumed_order` becomes its newest
+/// recorded drop (the operator's `landfall ddl resume`).
+pub fn resume_statement(state: &Quoted, final_table: &str) -> Result<String, IdentError> {
+    crate::decode::ident::validate_table(final_table)?;
+    Ok(format!("UPDATE {state} SET resumed_order = dropped_order WHERE final_table = '{final_table}' AND dropped_order IS NOT NULL"))
 }
 
 /// Records the newest delete per primary key in `window` as a tombstone.
@@ -333,6 +452,58 @@ mod tests {
         }
     }
 
+    fn with_state() -> MergeTarget {
+        target().with_state("landfall-local", "cdc", "landfall_state", "orders").unwrap()
+    }
+
+    #[test]
+    fn merge_leaves_out_markers_and_changes_not_newer_than_the_truncation_point() {
+        let truncated = "(SELECT MAX(truncated_order) FROM `landfall-local.cdc.landfall_state` WHERE final_table = 'orders')";
+        let sql = merge_statement(&with_state(), &Window { from_micros: None, to_micros: 5 });
+        let after_dedup = format!(
+            "QUALIFY ROW_NUMBER() OVER (PARTITION BY `_landfall_key` ORDER BY `_landfall_ingested`) = 1\n      ) \
+             WHERE `_landfall_op` IN ('U', 'D') AND ({truncated} IS NULL OR `_landfall_order` > {truncated})\n"
+        );
+        assert!(sql.contains(&after_dedup), "missing {after_dedup:?} in\n{sql}");
+        // Without a state table (pure builder use), markers are still left out.
+        let plain = merge_statement(&target(), &Window { from_micros: None, to_micros: 5 });
+        assert!(plain.contains("= 1\n      ) WHERE `_landfall_op` IN ('U', 'D')\n"), "{plain}");
+        assert!(!plain.contains("truncated_order"), "{plain}");
+    }
+
+    #[test]
+    fn truncates_and_drops_are_recorded_monotonically_and_delete_older_rows() {
+        let t = with_state();
+        let record = ddl_record_statement(&t, &Window { from_micros: Some(1), to_micros: 2 }).unwrap();
+        for needle in [
+            "MERGE `landfall-local.cdc.landfall_state` AS T",
+            "SELECT 'orders' AS final_table,",
+            "MAX(`_landfall_order`) AS truncated_order,",
+            "MAX(IF(`_landfall_op` = 'X', `_landfall_order`, NULL)) AS dropped_order",
+            "FROM `landfall-local.cdc.orders_log`",
+            "AND `_landfall_op` IN ('T', 'X')",
+            // A recorded value only grows: an older marker (a late merge, a replay) never lowers it.
+            "WHEN MATCHED AND S.truncated_order IS NOT NULL THEN UPDATE SET \
+             truncated_order = IF(S.truncated_order IS NULL OR (T.truncated_order IS NOT NULL AND T.truncated_order >= S.truncated_order), T.truncated_order, S.truncated_order), \
+             dropped_order = IF(S.dropped_order IS NULL OR (T.dropped_order IS NOT NULL AND T.dropped_order >= S.dropped_order), T.dropped_order, S.dropped_order)",
+            "WHEN NOT MATCHED AND S.truncated_order IS NOT NULL THEN INSERT (final_table, truncated_order, dropped_order)",
+        ] {
+            assert!(record.contains(needle), "missing {needle:?} in\n{record}");
+        }
+        assert_eq!(
+            truncate_statement(&t).unwrap(),
+            "DELETE FROM `landfall-local.cdc.orders` WHERE `_landfall_order` <= \
+             (SELECT MAX(truncated_order) FROM `landfall-local.cdc.landfall_state` WHERE final_table = 'orders')"
+        );
+        assert!(ddl_record_statement(&target(), &Window { from_micros: None, to_micros: 1 }).is_none());
+        assert!(truncate_statement(&target()).is_none());
+        let state = Quoted::table_path("landfall-local", "cdc", "landfall_state").unwrap();
+        assert!(read_drop_statement(&state, "orders").unwrap().contains("MAX(dropped_order), MAX(resumed_order)"));
+        assert!(resume_statement(&state, "orders").unwrap().contains("SET resumed_order = dropped_order WHERE final_table = 'orders'"));
+        assert!(resume_statement(&state, "o' OR '1'='1").is_err());
+        assert!(target().with_state("landfall-local", "cdc", "landfall_state", "o'rders").is_err());
+    }
+
     #[test]
     fn tombstones_keep_the_newest_delete_per_key() {
         let sql = tombstone_statement(&target(), &Window { from_micros: Some(1), to_micros: 2 });
@@ -371,7 +542,7 @@ mod tests {
 
     mod parsed {
         use super::super::*;
-        use crate::merge::sql_check::check_merge;
+        use crate::merge::sql_check::{check_delete, check_merge, check_merge_with};
         use proptest::prelude::*;
 
         /// Valid column names, including ones that are SQL keywords or the
@@ -421,6 +592,22 @@ mod tests {
                 prop_assert_eq!(check_merge(&merge, &names(&columns, &[&log, &target, &tombstones])), Ok(()), "{}", merge);
                 let tomb = tombstone_statement(&t, &window);
                 prop_assert_eq!(check_merge(&tomb, &names(&pk, &[&log, &tombstones])), Ok(()), "{}", tomb);
+                // With the state table: the truncation point in the MERGE, and the DDL statements.
+                let state = "landfall_state";
+                if crate::decode::ident::validate_table(&target).is_ok() {
+                    let t = t.with_state("landfall-local", "cdc", state, &target).unwrap();
+                    let merge = merge_statement(&t, &window);
+                    let literal = [target.as_str()];
+                    let all = names(&columns, &[&log, &target, &tombstones, state]);
+                    prop_assert_eq!(check_merge_with(&merge, &all, &literal), Ok(()), "{}", merge);
+                    if !["D", "U", "T", "X"].contains(&target.as_str()) {
+                        prop_assert!(check_merge(&merge, &all).is_err(), "the state row's key is an allowed literal, nothing else");
+                    }
+                    let record = ddl_record_statement(&t, &window).unwrap();
+                    prop_assert_eq!(check_merge_with(&record, &names(&[], &[&log, state]), &literal), Ok(()), "{}", record);
+                    let truncate = truncate_statement(&t).unwrap();
+                    prop_assert_eq!(check_delete(&truncate, &names(&[], &[&target, state]), &literal), Ok(()), "{}", truncate);
+                }
             }
         }
 

@@ -1,9 +1,12 @@
 //! Checks a statement from the builder in [`super::sql`] with a real SQL
 //! parser (`sqlparser`, BigQuery dialect): it must parse as exactly one
-//! `MERGE`, every word it contains that is not backtick-quoted must be the
-//! builder's own vocabulary (keywords, aliases, functions), every quoted word
-//! must be a name the caller passed in or one of landfall's own, and every
-//! string literal must be one the builder writes (`'D'`, `'U'`, a timestamp).
+//! `MERGE` (or, for [`check_delete`], one `DELETE`), every word it contains
+//! that is not backtick-quoted must be the builder's own vocabulary
+//! (keywords, aliases, functions, the state table's columns), every quoted
+//! word must be a name the caller passed in or one of landfall's own, and
+//! every string literal must be one the builder writes (`'D'`, `'U'`, `'T'`,
+//! `'X'`, a timestamp) or one the caller allows (a final table's validated
+//! name, the key of its state row).
 //!
 //! So a name taken from a message can reach the SQL only quoted, and nothing
 //! in a name can end the statement or open a second one.
@@ -63,6 +66,12 @@ const VOCABULARY: &[&str] = &[
     "UNBOUNDED",
     "PRECEDING",
     "FOLLOWING",
+    // truncate and drop-table markers, the state row
+    "IN",
+    "MAX",
+    "final_table",
+    "truncated_order",
+    "dropped_order",
 ];
 
 /// The builder's numbered aliases (`_landfall_kv3`, `_landfall_ko3`): a fixed
@@ -79,10 +88,24 @@ const INTERNAL: &[&str] = &["_landfall_key", "_landfall_op", "_landfall_order", 
 /// `names`: every identifier the statement was built from (table paths as
 /// `project.dataset.table`, and columns). Each must appear, and only quoted.
 pub fn check_merge(sql: &str, names: &[String]) -> Result<(), String> {
+    check_merge_with(sql, names, &[])
+}
+
+/// As [`check_merge`], also allowing the string literals `literals`.
+pub fn check_merge_with(sql: &str, names: &[String], literals: &[&str]) -> Result<(), String> {
+    check(sql, names, literals, "MERGE", |s| matches!(s, Statement::Merge { .. }))
+}
+
+/// As [`check_merge_with`], for one `DELETE`.
+pub fn check_delete(sql: &str, names: &[String], literals: &[&str]) -> Result<(), String> {
+    check(sql, names, literals, "DELETE", |s| matches!(s, Statement::Delete { .. }))
+}
+
+fn check(sql: &str, names: &[String], literals: &[&str], kind: &str, is_kind: impl Fn(&Statement) -> bool) -> Result<(), String> {
     let statements = Parser::parse_sql(&BigQueryDialect, sql).map_err(|e| format!("does not parse: {e}"))?;
     match statements.as_slice() {
-        [Statement::Merge { .. }] => {}
-        [_] => return Err("parses, but not as a MERGE".into()),
+        [s] if is_kind(s) => {}
+        [_] => return Err(format!("parses, but not as a {kind}")),
         many => return Err(format!("{} statements, not one", many.len())),
     }
     let tokens = Tokenizer::new(&BigQueryDialect, sql).tokenize().map_err(|e| format!("does not tokenize: {e}"))?;
@@ -96,7 +119,8 @@ pub fn check_merge(sql: &str, names: &[String]) -> Result<(), String> {
                 Some('`') => return Err(format!("quoted name {:?} was not passed in", w.value)),
                 Some(q) => return Err(format!("name {:?} quoted with {q}", w.value)),
             },
-            Token::SingleQuotedString(s) if s == "D" || s == "U" || is_timestamp(s) => {}
+            Token::SingleQuotedString(s) if ["D", "U", "T", "X"].contains(&s.as_str()) || is_timestamp(s) => {}
+            Token::SingleQuotedString(s) if literals.contains(&s.as_str()) => {}
             Token::SingleQuotedString(s) => return Err(format!("string literal {s:?} is not the builder's own")),
             Token::SemiColon => return Err("contains `;`".into()),
             _ => {}

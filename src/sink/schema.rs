@@ -7,7 +7,12 @@
 //!   clustered by the key): the source columns + `_landfall_order` (the
 //!   ordering value of the change that wrote the row, so an older change can
 //!   never overwrite it) + `_landfall_key`;
-//! * the dead-letter table and the merge-state table.
+//! * the dead-letter table and the merge-state table (watermarks, and each
+//!   table's truncation point and drop state).
+//!
+//! Log tables take truncate and drop-table marker rows too: only the
+//! bookkeeping columns are set, the source columns (primary key included)
+//! are NULL, which every log column allows.
 //!
 //! A table that exists but lacks a configured column gets it added (BigQuery
 //! allows adding NULLABLE columns); no column is ever dropped or retyped.
@@ -136,8 +141,20 @@ pub fn dead_letter_fields() -> Vec<TableFieldSchema> {
     ]
 }
 
+/// One row per final table: the merge watermark, and its DDL state
+/// (docs/design.md, "DDL control records"): the ordering value of its newest
+/// truncate or drop (`truncated_order`), of its newest drop
+/// (`dropped_order`), and of the drop the operator last resumed from
+/// (`resumed_order`). An existing state table gets the DDL columns added.
 pub fn state_fields() -> Vec<TableFieldSchema> {
-    vec![field("final_table", ColumnType::String), field("watermark", ColumnType::Timestamp), field("updated_at", ColumnType::Timestamp)]
+    vec![
+        field("final_table", ColumnType::String),
+        field("watermark", ColumnType::Timestamp),
+        field("updated_at", ColumnType::Timestamp),
+        field("truncated_order", ColumnType::String),
+        field("dropped_order", ColumnType::String),
+        field("resumed_order", ColumnType::String),
+    ]
 }
 
 impl BigQuery {
