@@ -72,7 +72,7 @@ pub async fn replay(
                 let rows: Vec<(String, ShipRow)> = rows.into_iter().map(|(t, r)| (t, ShipRow { key: r.key, json: r.json })).collect();
                 let mut b = WalBatch::default();
                 for (table, row) in &rows {
-                    b.pending(&row.key, &pending_record(table, row));
+                    b.pending(&row.key, &pending_record(table, row)?);
                 }
                 commit_durably(wal, b, metrics).await?;
                 let n = rows.len();

@@ -37,7 +37,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
             let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
                 let row = ShipRow { key: row.key, json: row.json };
-                batch.pending(&row.key, &pending_record(&table, &row));
+                batch.pending(&row.key, &pending_record(&table, &row).unwrap());
                 pending.push((table, row));
             }
         }

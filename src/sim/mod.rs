@@ -182,6 +182,44 @@ pub struct SimMessage {
     pub payload: Vec<u8>,
 }
 
+/// A DMS `insert` of one `sales.customers` row (as [`tables`] configures it)
+/// whose `name` is `text_bytes` of text: a row with one large text column
+/// (a document, a LOB), for the memory bounds' tests and benchmark. The text is
+/// words drawn from `id`, so two messages differ; the change is not in any
+/// model.
+pub fn large_text_change(id: i64, text_bytes: usize) -> SimMessage {
+    const WORDS: &[&str] =
+        &["order", "shipped", "invoice", "customer", "réseau", "返品", "pending", "the", "of", "and", "quantity", "\"quoted\"", "line\n"];
+    let mut rng = StdRng::seed_from_u64(id as u64);
+    let mut text = String::with_capacity(text_bytes + 16);
+    while text.len() < text_bytes {
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        text.push(' ');
+    }
+    while text.len() > text_bytes {
+        text.pop();
+    }
+    let envelope = json!({
+        "data": {
+            "id": id,
+            "name": text,
+            "email": format!("customer{id}@example.com"),
+            "active": true,
+            "updated_at": "2026-11-27T10:00:00.000000Z",
+        },
+        "metadata": {
+            "timestamp": format!("2026-11-27T10:00:{:02}.{:06}Z", (id / 1_000_000) % 60, id % 1_000_000),
+            "record-type": "data",
+            "operation": "insert",
+            "partition-key-type": "primary-key",
+            "schema-name": SOURCE_SCHEMA,
+            "table-name": "customers",
+        },
+    });
+    let payload = serde_json::to_vec(&envelope).expect("json");
+    SimMessage { table: format!("{SOURCE_SCHEMA}.customers"), key: id.to_string().into_bytes(), payload }
+}
+
 /// A source row: column -> value; NULL columns are absent.
 pub type Row = BTreeMap<String, SourceValue>;
 /// The model: per source table, primary key (canonical text) -> row.

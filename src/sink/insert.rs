@@ -369,6 +369,17 @@ pub fn interpret(errors: &[TableDataInsertAllResponseInsertErrors], rows: usize)
     )
 }
 
+/// The bytes a row takes in an insertAll request (its JSON plus the
+/// envelope estimate), counted without building the JSON. A row that does not
+/// serialize counts as too large for any request.
+pub fn row_request_bytes(json: &Map<String, Value>) -> usize {
+    let mut counter = Counting { inner: std::io::sink(), written: 0 };
+    match serde_json::to_writer(&mut counter, json) {
+        Ok(()) => counter.written + ROW_OVERHEAD,
+        Err(_) => usize::MAX / 2,
+    }
+}
+
 /// Splits rows into requests within the row and byte limits. Rows that are
 /// too large on their own are returned separately.
 pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
@@ -377,7 +388,7 @@ pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Ve
     let mut current = Vec::new();
     let mut bytes = 0;
     for (i, row) in rows.iter().enumerate() {
-        let size = serde_json::to_vec(&row.json).map(|v| v.len()).unwrap_or(usize::MAX / 2) + ROW_OVERHEAD;
+        let size = row_request_bytes(&row.json);
         if size > max_bytes {
             oversized.push((i, size));
             continue;
