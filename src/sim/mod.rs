@@ -183,7 +183,7 @@ pub struct SimMessage {
 }
 
 /// A DMS `insert` of one `sales.customers` row (as [`tables`] configures it)
-/// whose `name` is `text_bytes` of text: a row with one large text column
+/// whose `name` is text taking `text_bytes` in the message: a row with one large text column
 /// (a document, a LOB), for the memory bounds' tests and benchmark. The text is
 /// words drawn from `id`, so two messages differ; the change is not in any
 /// model.
@@ -192,13 +192,19 @@ pub fn large_text_change(id: i64, text_bytes: usize) -> SimMessage {
         &["order", "shipped", "invoice", "customer", "réseau", "返品", "pending", "the", "of", "and", "quantity", "\"quoted\"", "line\n"];
     let mut rng = StdRng::seed_from_u64(id as u64);
     let mut text = String::with_capacity(text_bytes + 16);
-    while text.len() < text_bytes {
-        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    // `json` counts the text as the message holds it (quotes and newlines escaped).
+    let mut json = 0;
+    loop {
+        let word = WORDS[rng.random_range(0..WORDS.len())];
+        let escaped = word.len() + word.matches(['"', '\n']).count() + 1;
+        if json + escaped > text_bytes {
+            break;
+        }
+        text.push_str(word);
         text.push(' ');
+        json += escaped;
     }
-    while text.len() > text_bytes {
-        text.pop();
-    }
+    text.extend(std::iter::repeat_n('x', text_bytes - json));
     let envelope = json!({
         "data": {
             "id": id,

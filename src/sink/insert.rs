@@ -10,7 +10,12 @@
 //!
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
 //! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
-//! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows. A request BigQuery
+//! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows.
+//! Memory: every request of a [`Sink::ship`] call builds its body before it
+//! waits for one of the `max_inflight_requests` permits, so the bodies alive at
+//! once are at most one gzipped copy of the rows being shipped (a retry
+//! rebuilds its body after the previous one is dropped); the rows themselves
+//! are bounded by `pipeline.max_inflight_bytes` (`src/pipeline.rs`). A request BigQuery
 //! refuses as a whole (HTTP 400, HTTP 413, or any other 4xx answered with a
 //! body that is not BigQuery's JSON, see [`classify_insert_all`]) is split in
 //! halves until the bad row is alone, which is then rejected with the status,
