@@ -431,10 +431,8 @@ pub async fn run(
         }
         let p = &cfg.pipeline;
         let batch_full = batch.len() >= p.batch_max_messages || batch_bytes >= p.batch_max_bytes;
-        let can_read = !stopping
-            && batches_in_flight < p.max_inflight_batches
-            && !batch_full
-            && shipping_bytes + batch_bytes < p.max_inflight_bytes;
+        let can_read =
+            !stopping && batches_in_flight < p.max_inflight_batches && !batch_full && shipping_bytes + batch_bytes < p.max_inflight_bytes;
         let flush_now = !batch.is_empty() && (batch_full || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
         if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
             let msgs = std::mem::take(&mut batch);
@@ -699,9 +697,16 @@ mod tests {
 
     fn config(max_request_bytes: usize) -> Config {
         let tables = crate::sim::tables();
-        let mut cfg =
-            crate::demo::demo_config_for("127.0.0.1:9092", "http://127.0.0.1:9050/bigquery/v2", "landfall-local", "d", std::path::Path::new("wal"), "dms", &tables)
-                .unwrap();
+        let mut cfg = crate::demo::demo_config_for(
+            "127.0.0.1:9092",
+            "http://127.0.0.1:9050/bigquery/v2",
+            "landfall-local",
+            "d",
+            std::path::Path::new("wal"),
+            "dms",
+            &tables,
+        )
+        .unwrap();
         cfg.bigquery.max_request_bytes = max_request_bytes;
         cfg
     }
@@ -717,7 +722,9 @@ mod tests {
         let cfg = config(100_000);
         let metrics = Metrics::default();
         let big = crate::sim::large_text_change(1, 150_000).payload;
-        let Plan::Dead(d) = plan(&cfg, &msg(7, big.clone()), &metrics) else { panic!("a 150 kB row was planned for a 100 kB request limit") };
+        let Plan::Dead(d) = plan(&cfg, &msg(7, big.clone()), &metrics) else {
+            panic!("a 150 kB row was planned for a 100 kB request limit")
+        };
         let size = crate::sink::insert::row_request_bytes(&{
             let Plan::Rows(rows) = plan(&config(9_000_000), &msg(7, big.clone()), &metrics) else { panic!("rows under the default limit") };
             rows[0].1.json.clone()

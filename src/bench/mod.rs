@@ -334,7 +334,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     r.message_bytes_avg = sample_bytes as f64 / sample_n.max(1) as f64;
     let partitions = ((opts.messages as f64 * (r.message_bytes_avg + 64.0) / PARTITION_BUDGET).ceil() as i32).max(4);
     r.backlog_partitions = partitions;
-    let kafka = KafkaProcess::start_with(&opts.exe, work, &[(BACKLOG, partitions), (BQ_TOPIC, 8), (LATENCY_TOPIC, 8), (BURST_TOPIC, opts.burst_messages.max(1) as i32)], Some(0)).await?;
+    let kafka = KafkaProcess::start_with(
+        &opts.exe,
+        work,
+        &[(BACKLOG, partitions), (BQ_TOPIC, 8), (LATENCY_TOPIC, 8), (BURST_TOPIC, opts.burst_messages.max(1) as i32)],
+        Some(0),
+    )
+    .await?;
     let bootstrap = kafka.bootstrap.clone();
     let p = producer(&bootstrap, 20)?;
     eprintln!("bench: producing {} messages to {partitions} partitions", opts.messages);
@@ -501,7 +507,11 @@ async fn burst(opts: &BenchOptions, ctx: &Ctx<'_>, r: &mut BenchReport) -> anyho
     drop(commits);
     let summary = b.stop().await?;
     anyhow::ensure!(f(&summary, "consumed") as u64 >= n, "the burst run consumed {} of {n} messages", f(&summary, "consumed"));
-    anyhow::ensure!(f(&summary, "dead_lettered") == 0.0, "burst messages were dead-lettered; see {}", ctx.work.join("bridge-burst.log").display());
+    anyhow::ensure!(
+        f(&summary, "dead_lettered") == 0.0,
+        "burst messages were dead-lettered; see {}",
+        ctx.work.join("bridge-burst.log").display()
+    );
     r.burst_messages = n;
     r.burst_message_bytes_avg = bytes as f64 / n as f64;
     r.burst_max_inflight_bytes = cfg.pipeline.max_inflight_bytes as u64;

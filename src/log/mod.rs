@@ -454,7 +454,10 @@ impl Wal {
                     }
                 }
                 let rows = chunk.len();
-                let bytes = encode(&|| format!("batch {n} of {rows} pending rows"), record::encode(&PendingBatch { entries: std::mem::take(&mut chunk) }))?;
+                let bytes = encode(
+                    &|| format!("batch {n} of {rows} pending rows"),
+                    record::encode(&PendingBatch { entries: std::mem::take(&mut chunk) }),
+                )?;
                 writes.insert(&numbered_key(b'b', n)[..], bytes);
                 chunk_bytes = 0;
             }
@@ -510,7 +513,8 @@ impl Wal {
                 let before = b.entries.len();
                 b.entries.retain(|(key, _)| open.key_batch.get(&DedupKey(*key)) == Some(&n));
                 if b.entries.len() != before {
-                    let bytes = record::encode(&b).map_err(|source| WalError::Encode { what: format!("batch {n}, rewritten by prune"), source })?;
+                    let bytes =
+                        record::encode(&b).map_err(|source| WalError::Encode { what: format!("batch {n}, rewritten by prune"), source })?;
                     rewrite.insert(k, bytes);
                 }
             }
