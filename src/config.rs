@@ -273,6 +273,16 @@ pub struct PipelineConfig {
     /// Batches between the WAL and BigQuery at once (bounds memory).
     #[serde(default = "default_inflight_batches")]
     pub max_inflight_batches: usize,
+    /// Message bytes per batch: a batch is closed once its messages' values
+    /// add up to this much (a single larger message is a batch of its own).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Message bytes between Kafka and the end of their ship task: the batch
+    /// being read plus every batch in flight. Nothing more is read from Kafka
+    /// while they add up to this much, so it is exceeded by at most one
+    /// message (docs/performance.md, "Memory").
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
     /// Messages larger than this are dead-lettered (BigQuery's row limit is 10 MB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -308,6 +318,8 @@ impl Default for PipelineConfig {
             batch_max_messages: default_batch_messages(),
             batch_max_wait: default_batch_wait(),
             max_inflight_batches: default_inflight_batches(),
+            batch_max_bytes: default_batch_max_bytes(),
+            max_inflight_bytes: default_max_inflight_bytes(),
             max_message_bytes: default_max_message_bytes(),
             strict_routing: true,
             before_image_field: default_before_image_field(),
@@ -394,6 +406,16 @@ fn default_batch_wait() -> Duration {
 }
 fn default_inflight_batches() -> usize {
     4
+}
+/// 8 MiB: about one insertAll request's worth of rows per batch.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// 32 MiB: four full batches, as `max_inflight_batches`.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+fn default_batch_max_bytes() -> usize {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_max_inflight_bytes() -> usize {
+    DEFAULT_MAX_INFLIGHT_BYTES
 }
 fn default_max_message_bytes() -> usize {
     5_000_000
@@ -537,6 +559,15 @@ impl Config {
         }
         if p.max_message_bytes == 0 || p.max_message_bytes > 10_000_000 {
             return Err(invalid("pipeline.max_message_bytes", "must be between 1 and 10 MB (BigQuery's row limit)"));
+        }
+        if p.batch_max_bytes == 0 {
+            return Err(invalid("pipeline.batch_max_bytes", "must be at least 1 (a larger message is a batch of its own)"));
+        }
+        if p.max_inflight_bytes < p.batch_max_bytes {
+            return Err(invalid(
+                "pipeline.max_inflight_bytes",
+                format!("must be at least pipeline.batch_max_bytes ({}), or no batch could fill up", p.batch_max_bytes),
+            ));
         }
         self.validate_tables()
     }
@@ -764,6 +795,23 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
         ];
         for (text, key) in cases {
             let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected `{key}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn byte_bounds_default_and_are_validated() {
+        std::env::set_var("LANDFALL_TEST_SECRET", "hunter2");
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!((c.pipeline.batch_max_bytes, c.pipeline.max_inflight_bytes), (DEFAULT_BATCH_MAX_BYTES, DEFAULT_MAX_INFLIGHT_BYTES));
+        let with = |p: &str| format!("{EXAMPLE}\n[pipeline]\n{p}\n");
+        let c = Config::from_toml(&with("batch_max_bytes = 1000\nmax_inflight_bytes = 4000")).unwrap();
+        assert_eq!((c.pipeline.batch_max_bytes, c.pipeline.max_inflight_bytes), (1000, 4000));
+        for (p, key) in [
+            ("batch_max_bytes = 0", "pipeline.batch_max_bytes"),
+            ("batch_max_bytes = 2000\nmax_inflight_bytes = 1000", "pipeline.max_inflight_bytes"),
+        ] {
+            let err = Config::from_toml(&with(p)).unwrap_err().to_string();
             assert!(err.contains(key), "expected `{key}` in: {err}");
         }
     }

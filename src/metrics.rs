@@ -1,6 +1,8 @@
 //! Counters, and the periodic summary line that prints them.
 //!
-//! Every counter only grows (`paused_tables` is the one gauge: a set of names). `landfall run` logs a summary every
+//! Every counter only grows, except the gauges `paused_tables` (a set of
+//! names) and `inflight_bytes` (whose high-water mark `inflight_bytes_max`
+//! only grows). `landfall run` logs a summary every
 //! `observability.summary_interval`, with the commit point of every partition.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -77,6 +79,11 @@ pub struct Metrics {
     pub merges: AtomicU64,
     pub merged_rows: AtomicU64,
     pub merge_failures: AtomicU64,
+    /// Message bytes read and not yet through their ship task (the batch
+    /// being read plus the batches in flight), bounded by
+    /// `pipeline.max_inflight_bytes` plus one message; and its high-water mark.
+    pub inflight_bytes: AtomicU64,
+    pub inflight_bytes_max: AtomicU64,
     /// Last committed offset per partition.
     pub committed: Mutex<Vec<(TopicPartition, i64)>>,
 }
@@ -90,6 +97,12 @@ impl Metrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+
+    /// Sets the `inflight_bytes` gauge and raises its high-water mark.
+    pub fn set_inflight_bytes(&self, n: usize) {
+        self.inflight_bytes.store(n as u64, Relaxed);
+        self.inflight_bytes_max.fetch_max(n as u64, Relaxed);
     }
 
     pub fn record_commits(&self, points: &[(TopicPartition, i64)]) {
@@ -154,6 +167,8 @@ impl Metrics {
             wal_errors = g(&self.wal_errors),
             request_bytes_plain = g(&self.request_bytes_plain),
             request_bytes_sent = g(&self.request_bytes_sent),
+            inflight_bytes = g(&self.inflight_bytes),
+            inflight_bytes_max = g(&self.inflight_bytes_max),
             latency_samples = latency.len(),
             latency_p50_ms = latency.value_at_quantile(0.50),
             latency_p99_ms = latency.value_at_quantile(0.99),

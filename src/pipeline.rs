@@ -19,8 +19,20 @@
 //! On start, pending WAL records are re-shipped with their original insertIds
 //! before anything new is consumed.
 //!
-//! Memory is bounded: at most `pipeline.max_inflight_batches` batches of at
-//! most `pipeline.batch_max_messages` messages are between Kafka and BigQuery.
+//! Memory is bounded, in messages and in bytes: at most
+//! `pipeline.max_inflight_batches` batches of at most
+//! `pipeline.batch_max_messages` messages are between Kafka and BigQuery; a
+//! batch is closed once its message values reach `pipeline.batch_max_bytes`
+//! (one larger message is a batch of its own), and nothing is read from Kafka
+//! while the values of the batch being read plus those of every batch whose
+//! ship task has not ended reach `pipeline.max_inflight_bytes`. So those
+//! bytes never exceed `max_inflight_bytes` plus one message (gauge
+//! `inflight_bytes`, high-water mark `inflight_bytes_max`). Everything a batch
+//! holds (decoded rows, pending records, insertAll bodies) is a small multiple
+//! of its message bytes and is dropped when its ship task ends; the measured
+//! peak RSS per in-flight byte is in docs/performance.md ("Memory"). A log row
+//! larger than `bigquery.max_request_bytes` can never be sent: its message is
+//! dead-lettered whole by [`plan`], before anything of it reaches the WAL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +73,11 @@ pub enum PipelineError {
     BadRecord { key: String, message: String },
     #[error("a WAL task failed: {0}")]
     Task(String),
+    #[error(
+        "a row for {table} (key {key}) cannot be serialized as JSON ({message}); nothing was written or acknowledged for it. \
+         This is a bug: report it with this message; a restart re-reads the message from the last committed offset"
+    )]
+    RowEncode { table: String, key: String, message: String },
 }
 
 /// Where the bridge stopped.
@@ -152,6 +169,20 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
             Decoded::Row(change) => match cfg.route(&change.schema, &change.table) {
                 Some(route) => {
                     let rows = row::build(&change, route, &at)?;
+                    // A row BigQuery can never take would otherwise be written
+                    // to the WAL, shipped, refused and dead-lettered on its
+                    // own, leaving the rest of its change (the delete half of
+                    // a primary-key change) applied: the message goes whole.
+                    for r in &rows {
+                        let size = crate::sink::insert::row_request_bytes(&r.json);
+                        if size > cfg.bigquery.max_request_bytes {
+                            return Err(Rejection::RowTooLarge {
+                                table: route.log_table.clone(),
+                                size,
+                                max: cfg.bigquery.max_request_bytes,
+                            });
+                        }
+                    }
                     if !change.has_transaction_details() {
                         metrics.change_without_transaction_details(&route.source);
                     }
@@ -247,11 +278,14 @@ pub fn dead_letter(msg: &Msg, reason: String) -> DeadLetter {
 /// A row BigQuery refused, with the message it came from when that is at
 /// hand (not for a row re-shipped after a restart whose message could not
 /// be read again).
-pub fn refused_row_letter(table: &str, row: &ShipRow, msg: Option<&Msg>, reason: String) -> DeadLetter {
+pub fn refused_row_letter(table: &str, row: &ShipRow, msg: Option<&Msg>, reason: String) -> Result<DeadLetter, PipelineError> {
     let at = msg.map(Msg::coords).unwrap_or_else(|| coords_of(&row.json));
-    // Serializing a map of JSON values into memory cannot fail.
-    let json = serde_json::to_vec(&row.json).unwrap_or_default();
-    letter(at, Stage::BigQuery, reason, msg.map(kept_message), Some(RefusedRow { table: table.to_owned(), key: row.key.0, json }))
+    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
+        table: table.to_owned(),
+        key: row.key.to_hex(),
+        message: e.to_string(),
+    })?;
+    Ok(letter(at, Stage::BigQuery, reason, msg.map(kept_message), Some(RefusedRow { table: table.to_owned(), key: row.key.0, json })))
 }
 
 fn letter(at: Coords, stage: Stage, reason: String, message: Option<KafkaMessage>, row: Option<RefusedRow>) -> DeadLetter {
@@ -379,7 +413,7 @@ pub async fn ship_and_land(
                 RowOutcome::Rejected(reason) if table != dead_letter_table => {
                     tracing::warn!(table, key = %row.key, reason, "row rejected by BigQuery; dead-lettering it");
                     let origin = origins.of(row).await;
-                    let mut d = refused_row_letter(table, row, origin.as_deref(), Rejection::RejectedBySink(reason).to_string());
+                    let mut d = refused_row_letter(table, row, origin.as_deref(), Rejection::RejectedBySink(reason).to_string())?;
                     d.at_ms = now;
                     batch.rejected(&row.key, now);
                     resolved.push(row.key);
@@ -403,7 +437,7 @@ pub async fn ship_and_land(
         let rows: Vec<ShipRow> = dead.iter().map(dead_letter_row).collect();
         for (d, r) in dead.iter().zip(&rows) {
             batch.dead_letter(d);
-            batch.pending(&r.key, &pending_record(dead_letter_table, r));
+            batch.pending(&r.key, &pending_record(dead_letter_table, r)?);
         }
         Metrics::add(&metrics.dead_lettered, dead.len() as u64);
         commit_durably(wal, batch, metrics).await?;
@@ -429,18 +463,46 @@ fn coords_of(json: &Map<String, Value>) -> Coords {
     }
 }
 
-pub fn pending_record(table: &str, row: &ShipRow) -> PendingRecord {
-    PendingRecord { table: table.to_owned(), row: serde_json::to_vec(&row.json).unwrap_or_default(), written_at_ms: now_ms() }
+/// The WAL record of a row to ship. A row that does not serialize is an
+/// error, never an empty record (which recovery would refuse as damaged).
+pub fn pending_record(table: &str, row: &ShipRow) -> Result<PendingRecord, PipelineError> {
+    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
+        table: table.to_owned(),
+        key: row.key.to_hex(),
+        message: e.to_string(),
+    })?;
+    Ok(PendingRecord { table: table.to_owned(), row: json, written_at_ms: now_ms() })
+}
+
+/// The bytes a message counts against `pipeline.batch_max_bytes` and
+/// `pipeline.max_inflight_bytes`: its value.
+pub fn msg_bytes(m: &Msg) -> usize {
+    m.payload.as_ref().map_or(0, Vec::len)
 }
 
 /// Re-ships every pending WAL record with its original insertId.
 /// Returns how many were recovered.
 pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Arc<Config>, metrics: &Metrics) -> Result<Result<usize, SinkError>, PipelineError> {
+    // Re-shipped in chunks of at most CHUNK rows and about
+    // `pipeline.max_inflight_bytes` of rows (plus one row).
     const CHUNK: usize = 20_000;
+    let max_bytes = cfg.pipeline.max_inflight_bytes;
     let mut total = 0;
     loop {
         let w = wal.clone();
-        let chunk: Vec<(DedupKey, PendingRecord)> = blocking(move || w.pending().take(CHUNK).collect()).await?;
+        let chunk: Vec<(DedupKey, PendingRecord)> = blocking(move || {
+            let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+            for item in w.pending() {
+                let (key, rec) = item?;
+                bytes += rec.row.len();
+                chunk.push((key, rec));
+                if chunk.len() >= CHUNK || bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(chunk)
+        })
+        .await?;
         if chunk.is_empty() {
             break;
         }
@@ -466,6 +528,8 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Arc<Config>, metrics
 /// A ship task's end: its keys are already resolved in the shared progress.
 struct BatchDone {
     result: Result<Result<(), SinkError>, PipelineError>,
+    /// The message bytes of the batch, released now that its task is over.
+    bytes: usize,
 }
 
 /// Runs the bridge until `shutdown` turns true (or a fatal error).
@@ -488,6 +552,11 @@ pub async fn run(
     let consumer = Arc::new(consumer);
     let (done_tx, mut done_rx) = mpsc::channel::<BatchDone>(cfg.pipeline.max_inflight_batches + 1);
     let mut batches_in_flight = 0usize;
+    // Message bytes of the batches whose ship task has not ended, and of
+    // the batch being read: their sum is held under max_inflight_bytes
+    // (plus the one message that reaches it).
+    let mut shipping_bytes = 0usize;
+    let mut batch_bytes = 0usize;
     let mut batch: Vec<Msg> = Vec::with_capacity(cfg.pipeline.batch_max_messages);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut summary = tokio::time::interval(cfg.observability.summary_interval);
@@ -505,11 +574,14 @@ pub async fn run(
         if stopping && batch.is_empty() && batches_in_flight == 0 {
             break;
         }
-        let can_read = !stopping && batches_in_flight < cfg.pipeline.max_inflight_batches && batch.len() < cfg.pipeline.batch_max_messages;
-        let flush_now = !batch.is_empty()
-            && (batch.len() >= cfg.pipeline.batch_max_messages || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
+        let p = &cfg.pipeline;
+        let batch_full = batch.len() >= p.batch_max_messages || batch_bytes >= p.batch_max_bytes;
+        let can_read =
+            !stopping && batches_in_flight < p.max_inflight_batches && !batch_full && shipping_bytes + batch_bytes < p.max_inflight_bytes;
+        let flush_now = !batch.is_empty() && (batch_full || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
         if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
             let msgs = std::mem::take(&mut batch);
+            let bytes = std::mem::take(&mut batch_bytes);
             deadline = None;
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
@@ -520,9 +592,11 @@ pub async fn run(
                 commit_durably(&wal, wal_batch, &metrics).await?;
                 commit_ready(&consumer, &progress, &metrics);
                 metrics.latency.record_since(&produced, now_ms() as i64);
+                metrics.set_inflight_bytes(shipping_bytes);
             } else {
                 commit_ready(&consumer, &progress, &metrics);
                 batches_in_flight += 1;
+                shipping_bytes += bytes;
                 let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
                 let (progress, consumer) = (progress.clone(), consumer.clone());
                 let dlq = cfg.bigquery.dead_letter_table.clone();
@@ -549,7 +623,7 @@ pub async fn run(
                                 metrics.latency.record_since(&produced, now_ms() as i64);
                             })
                         });
-                        let _ = tx.send(BatchDone { result }).await;
+                        let _ = tx.send(BatchDone { result, bytes }).await;
                     }
                     .instrument(span),
                 );
@@ -561,6 +635,8 @@ pub async fn run(
             biased;
             Some(done) = done_rx.recv() => {
                 batches_in_flight -= 1;
+                shipping_bytes = shipping_bytes.saturating_sub(done.bytes);
+                metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
                 match done.result? {
                     Ok(()) => {}
                     Err(SinkError::Shutdown) => {
@@ -585,14 +661,19 @@ pub async fn run(
                 return Ok(Stopped::Interrupted);
             }
             msg = consumer.recv(), if can_read => {
-                drain_rebalance_events(&ctx, &mut batch);
+                if drain_rebalance_events(&ctx, &mut batch) {
+                    batch_bytes = batch.iter().map(msg_bytes).sum();
+                }
                 match msg {
                     Ok(m) => {
                         Metrics::add(&metrics.consumed, 1);
                         if batch.is_empty() {
                             deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
                         }
-                        batch.push(Msg::from_kafka(&m));
+                        let m = Msg::from_kafka(&m);
+                        batch_bytes += msg_bytes(&m);
+                        batch.push(m);
+                        metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
@@ -635,14 +716,16 @@ pub async fn run(
 
 /// Drops messages of revoked partitions that were read but not yet prepared
 /// (the rebalance callback already settled their partitions' progress; the
-/// next owner reads them again).
-fn drain_rebalance_events(ctx: &kafka::SourceContext, batch: &mut Vec<Msg>) {
+/// next owner reads them again). Returns whether any was dropped.
+fn drain_rebalance_events(ctx: &kafka::SourceContext, batch: &mut Vec<Msg>) -> bool {
     let events: Vec<RebalanceEvent> = std::mem::take(&mut *ctx.events.lock().unwrap_or_else(|e| e.into_inner()));
+    let before = batch.len();
     for e in events {
         if let RebalanceEvent::Revoked(parts) = e {
             batch.retain(|m| !parts.iter().any(|(t, p)| t == &m.topic && *p == m.partition));
         }
     }
+    batch.len() != before
 }
 
 /// The commit points handed out so far (to re-send them).
@@ -717,7 +800,7 @@ async fn prepare(cfg: &Config, wal: &Wal, metrics: &Metrics, progress: &SharedPr
                 match wal.state(&row.key)? {
                     KeyState::Resolved => absorbed += 1,
                     KeyState::Absent | KeyState::Pending => {
-                        wal_batch.pending(&row.key, &pending_record(&table, &row));
+                        wal_batch.pending(&row.key, &pending_record(&table, &row)?);
                         p.wait_for(&mut reg, row.key);
                         if table != cfg.bigquery.dead_letter_table {
                             origins.insert(row.key, msg.clone());
@@ -795,7 +878,7 @@ mod tests {
         let origins: Origins = rows.iter().map(|r| (r.key, msg.clone())).collect();
         let mut b = WalBatch::default();
         for r in &rows {
-            b.pending(&r.key, &pending_record("t_log", r));
+            b.pending(&r.key, &pending_record("t_log", r).unwrap());
         }
         wal.commit(b).unwrap();
         let metrics = Metrics::default();
@@ -904,5 +987,59 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
             Plan::Dead(d) => assert!(d.reason.contains("names no table"), "{}", d.reason),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn config_with_request_limit(max_request_bytes: usize) -> Config {
+        let tables = crate::sim::tables();
+        let mut cfg = crate::demo::demo_config_for(
+            "127.0.0.1:9092",
+            "http://127.0.0.1:9050/bigquery/v2",
+            "landfall-local",
+            "d",
+            std::path::Path::new("wal"),
+            "dms",
+            &tables,
+        )
+        .unwrap();
+        cfg.bigquery.max_request_bytes = max_request_bytes;
+        cfg
+    }
+
+    fn big_msg(offset: i64, payload: Vec<u8>) -> Msg {
+        Msg { topic: "dms".into(), partition: 0, offset, payload: Some(payload), ..Default::default() }
+    }
+
+    #[test]
+    fn a_row_larger_than_the_request_limit_is_dead_lettered_whole_at_plan_time() {
+        // Today's code planned it as a row: it was written to the WAL, shipped,
+        // refused by the sink, and only then dead-lettered on its own.
+        let cfg = config_with_request_limit(100_000);
+        let metrics = Metrics::default();
+        let big = crate::sim::large_text_change(1, 150_000).payload;
+        let Plan::Dead(d) = plan(&cfg, &big_msg(7, big.clone()), &metrics) else {
+            panic!("a 150 kB row was planned for a 100 kB request limit")
+        };
+        let size = crate::sink::insert::row_request_bytes(&{
+            let Plan::Rows(rows) = plan(&config_with_request_limit(9_000_000), &big_msg(7, big.clone()), &metrics) else { panic!("rows under the default limit") };
+            rows[0].1.json.clone()
+        });
+        assert!(size > 150_000, "{size}");
+        for part in [size.to_string().as_str(), "100000", "bigquery.max_request_bytes", "customers_log", "whole change"] {
+            assert!(d.reason.contains(part), "`{part}` not in: {}", d.reason);
+        }
+        // The dead letter is the message's, not the row's.
+        let m = d.message.as_ref().unwrap();
+        assert_eq!((d.offset, m.value_len as usize, m.value_hash), (7, big.len(), *blake3::hash(&big).as_bytes()));
+        // A row within the limit is planned as a row.
+        let small = crate::sim::large_text_change(2, 50_000).payload;
+        assert!(matches!(plan(&cfg, &big_msg(8, small), &metrics), Plan::Rows(r) if r.len() == 1));
+    }
+
+    #[test]
+    fn a_row_that_serializes_becomes_a_pending_record_holding_its_json() {
+        let mut json = Map::new();
+        json.insert("a".into(), Value::from(1));
+        let rec = pending_record("t", &ShipRow { key: DedupKey([1; 32]), json }).unwrap();
+        assert_eq!((rec.table.as_str(), rec.row.as_slice()), ("t", br#"{"a":1}"#.as_slice()));
     }
 }

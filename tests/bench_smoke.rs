@@ -41,6 +41,9 @@ fn bench_quick_reports_every_figure() {
         "recovery_seconds_100k_pending",
         "merge_seconds_1x",
         "merge_seconds_10x",
+        "burst_peak_rss_mb",
+        "burst_ratio_peak_rss_vs_inflight_bound",
+        "burst_inflight_bytes_max",
     ] {
         let v = num(key);
         assert!(v.is_finite() && v > 0.0, "{key} = {v}: {r}");
@@ -48,6 +51,7 @@ fn bench_quick_reports_every_figure() {
     assert!(num("latency_p99_ms") >= num("latency_p50_ms"), "{r}");
     assert!(num("request_bytes_per_change_gzip") < num("request_bytes_per_change_plain"), "{r}");
     assert_eq!(num("backlog_messages"), 20_000.0);
+    assert_eq!(num("burst_messages"), 12.0);
     assert!(num("recovery_pending_records") >= 5_000.0, "{r}");
     // The ratios are what they say.
     let ratio = num("discard_msgs_per_s") / num("raw_consume_msgs_per_s");

@@ -37,7 +37,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
             let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
                 let row = ShipRow { key: row.key, json: row.json };
-                batch.pending(&row.key, &pending_record(&table, &row));
+                batch.pending(&row.key, &pending_record(&table, &row).unwrap());
                 pending.push((table, row));
             }
         }
@@ -99,7 +99,7 @@ async fn a_row_refused_when_reshipped_after_a_restart_keeps_its_message_read_aga
     let Plan::Rows(rows) = plan(cfg, &read[0], &metrics) else { panic!("a widget change is a row") };
     let mut batch = WalBatch::default();
     for (table, row) in &rows {
-        batch.pending(&row.key, &pending_record(table, &ShipRow { key: row.key, json: row.json.clone() }));
+        batch.pending(&row.key, &pending_record(table, &ShipRow { key: row.key, json: row.json.clone() }).unwrap());
     }
     wal.commit(batch).unwrap();
 

@@ -21,7 +21,15 @@
 //!    (`recovery_pending` records, the same ones the bridge would write) is
 //!    built, and the time from starting the bridge to its first commit is taken;
 //! 8. MERGE: an incremental merge of the same new changes over a log with 1x
-//!    and with 10x history.
+//!    and with 10x history;
+//! 9. burst: `burst_messages` DMS inserts of ~5 MB each (one large text
+//!    column), all produced before the bridge starts, then `landfall run`
+//!    with the `discard` sink and the default byte bounds works through them;
+//!    its peak RSS is read and set against `pipeline.max_inflight_bytes`. The
+//!    mock broker keeps ~5 MiB per partition (and a message over half of that
+//!    makes the one before it unreadable), so each message has a partition of
+//!    its own; the high watermarks are checked. `--only-burst` runs just this
+//!    phase.
 //!
 //! The bridge runs as a child process (`landfall run`), the broker as another
 //! (`landfall mock-kafka`), so the figures are the bridge's own.
@@ -52,6 +60,7 @@ use bridge::{dir_bytes, watch, Bridge, Commits};
 const BACKLOG: &str = "bench.backlog";
 const BQ_TOPIC: &str = "bench.bq";
 const LATENCY_TOPIC: &str = "bench.latency";
+const BURST_TOPIC: &str = "bench.burst";
 /// Bytes per mock partition the generator aims at (the broker keeps ~5 MiB).
 const PARTITION_BUDGET: f64 = 3.0 * 1024.0 * 1024.0;
 
@@ -90,6 +99,16 @@ pub struct BenchOptions {
     pub exe: PathBuf,
     #[arg(long, default_value_t = 5)]
     pub seed: u64,
+    /// Large messages in the burst phase (one partition each).
+    #[arg(long, default_value_t = 1_000)]
+    pub burst_messages: u64,
+    /// Bytes of the large text column of each burst message (the message is
+    /// a few hundred bytes more: just under `pipeline.max_message_bytes`).
+    #[arg(long, default_value_t = 4_999_000)]
+    pub burst_text_bytes: usize,
+    /// Run only the burst phase (its keys in the report, the rest zero).
+    #[arg(long)]
+    pub only_burst: bool,
 }
 
 impl BenchOptions {
@@ -102,6 +121,7 @@ impl BenchOptions {
         self.latency_seconds = 3;
         self.merge_history = 1_000;
         self.merge_new = 300;
+        self.burst_messages = 12;
         self
     }
 }
@@ -137,6 +157,16 @@ pub struct BenchReport {
     pub backlog_partitions: i32,
     pub message_bytes_avg: f64,
     pub bigquery_messages: u64,
+    /// The burst phase: messages, their average size, the bridge's peak RSS,
+    /// the configured in-flight bound and the ratio of the two, the bridge's
+    /// own high-water mark of in-flight message bytes, and the rate.
+    pub burst_messages: u64,
+    pub burst_message_bytes_avg: f64,
+    pub burst_peak_rss_mb: f64,
+    pub burst_max_inflight_bytes: u64,
+    pub burst_ratio_peak_rss_vs_inflight_bound: f64,
+    pub burst_inflight_bytes_max: f64,
+    pub burst_mb_per_s: f64,
     pub elapsed_seconds: f64,
 }
 
@@ -154,10 +184,39 @@ impl BenchReport {
             ),
             ("MERGE 10x <= 1.5 x 1x", self.ratio_merge_10x_vs_1x <= 1.5, format!("{:.2}", self.ratio_merge_10x_vs_1x)),
             ("gzip <= 0.35 x plain", self.ratio_gzip_vs_plain <= 0.35, format!("{:.2}", self.ratio_gzip_vs_plain)),
+            (
+                "burst peak RSS <= 24 x in-flight bound",
+                self.burst_ratio_peak_rss_vs_inflight_bound <= BURST_RSS_RATIO_BOUND,
+                format!("{:.1}x ({:.0} MB)", self.burst_ratio_peak_rss_vs_inflight_bound, self.burst_peak_rss_mb),
+            ),
         ]
     }
 
+    fn burst_line(&self) -> String {
+        format!(
+            "burst: {} messages of {:.1} MB, {:.1} MB/s; peak RSS {:.0} MB = {:.1}x max_inflight_bytes ({:.0} MiB); \
+             in flight at most {:.1} MiB\n",
+            self.burst_messages,
+            self.burst_message_bytes_avg / 1e6,
+            self.burst_mb_per_s,
+            self.burst_peak_rss_mb,
+            self.burst_ratio_peak_rss_vs_inflight_bound,
+            self.burst_max_inflight_bytes as f64 / MIB,
+            self.burst_inflight_bytes_max / MIB,
+        )
+    }
+
     pub fn human(&self) -> String {
+        if self.backlog_messages == 0 {
+            // --only-burst
+            let (name, met, got) = self.targets().pop().unwrap_or_default();
+            return format!(
+                "landfall bench (burst only)\n\n{}\ntarget {name:<32} {:<6} {got}\n\nelapsed {:.0} s\n",
+                self.burst_line(),
+                if met { "met" } else { "MISSED" },
+                self.elapsed_seconds
+            );
+        }
         let mut s = format!(
             "landfall bench: {} backlog messages ({:.0} B avg) on {} partitions, {} into the emulator\n\n\
              (a) raw consume        {:>10.0} msgs/s {:>7.1} MB/s\n\
@@ -169,7 +228,7 @@ impl BenchReport {
              WAL: {:.0} bytes per change\n\
              insertAll bytes per change: {:.0} plain JSON, {:.0} gzip ({:.2}x)\n\
              recovery with {} pending: {:.2} s to the first new commit\n\
-             MERGE: {:.2} s with 1x history, {:.2} s with 10x ({:.2}x)\n\n",
+             MERGE: {:.2} s with 1x history, {:.2} s with 10x ({:.2}x)\n",
             self.backlog_messages,
             self.message_bytes_avg,
             self.backlog_partitions,
@@ -199,6 +258,8 @@ impl BenchReport {
             self.merge_seconds_10x,
             self.ratio_merge_10x_vs_1x,
         );
+        s.push_str(&self.burst_line());
+        s.push('\n');
         for (name, met, got) in self.targets() {
             s.push_str(&format!("target {name:<32} {:<6} {got}\n", if met { "met" } else { "MISSED" }));
         }
@@ -251,6 +312,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let work = &opts.work_dir;
     std::fs::create_dir_all(work)?;
     let tables = crate::sim::tables();
+    if opts.only_burst {
+        let mut r = BenchReport::default();
+        let kafka = KafkaProcess::start_with(&opts.exe, work, &[(BURST_TOPIC, opts.burst_messages.max(1) as i32)], Some(0)).await?;
+        let ctx = Ctx { work, bootstrap: &kafka.bootstrap, endpoint: &opts.endpoint, project: &opts.project, tables: &tables };
+        burst(&opts, &ctx, &mut r).await?;
+        kafka.stop().await;
+        r.elapsed_seconds = started.elapsed().as_secs_f64();
+        return Ok(r);
+    }
     let mut r = BenchReport { backlog_messages: opts.messages, bigquery_messages: opts.bq_messages, ..Default::default() };
 
     // 1. Data: size the backlog's partitions from a sample of the messages.
@@ -264,7 +334,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     r.message_bytes_avg = sample_bytes as f64 / sample_n.max(1) as f64;
     let partitions = ((opts.messages as f64 * (r.message_bytes_avg + 64.0) / PARTITION_BUDGET).ceil() as i32).max(4);
     r.backlog_partitions = partitions;
-    let kafka = KafkaProcess::start_with(&opts.exe, work, &[(BACKLOG, partitions), (BQ_TOPIC, 8), (LATENCY_TOPIC, 8)], Some(0)).await?;
+    let kafka = KafkaProcess::start_with(
+        &opts.exe,
+        work,
+        &[(BACKLOG, partitions), (BQ_TOPIC, 8), (LATENCY_TOPIC, 8), (BURST_TOPIC, opts.burst_messages.max(1) as i32)],
+        Some(0),
+    )
+    .await?;
     let bootstrap = kafka.bootstrap.clone();
     let p = producer(&bootstrap, 20)?;
     eprintln!("bench: producing {} messages to {partitions} partitions", opts.messages);
@@ -377,9 +453,73 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     r.merge_seconds_10x = merge_secs[1];
     r.ratio_merge_10x_vs_1x = r.merge_seconds_10x / r.merge_seconds_1x.max(1e-9);
 
+    // 9. A burst of large messages against the byte bounds.
+    burst(&opts, &ctx, &mut r).await?;
+
     kafka.stop().await;
     r.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(r)
+}
+
+/// MiB, for the report.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The most peak RSS may be in the burst, as a multiple of
+/// `pipeline.max_inflight_bytes`, with the defaults: 768 MiB (docs/performance.md,
+/// "Memory": measured 20.5x, 655 MB).
+pub const BURST_RSS_RATIO_BOUND: f64 = 24.0;
+
+/// Phase 9 (see the module docs): `burst_messages` messages of ~5 MB, one
+/// per partition of `bench.burst` (the mock broker keeps ~5 MiB per
+/// partition), all waiting before the bridge starts, through the bridge into
+/// the discard sink.
+async fn burst(opts: &BenchOptions, ctx: &Ctx<'_>, r: &mut BenchReport) -> anyhow::Result<()> {
+    use rdkafka::producer::BaseRecord;
+    let n = opts.burst_messages.max(1);
+    let partitions = n as i32;
+    eprintln!("bench: burst of {n} messages of ~{:.1} MB, produced before the bridge starts", opts.burst_text_bytes as f64 / 1e6);
+    let (path, cfg) = ctx.phase("burst", BURST_TOPIC, "unused", true)?;
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", ctx.bootstrap)
+        .set("linger.ms", "0")
+        .set("message.max.bytes", "10000000")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let m = crate::sim::large_text_change(i as i64 + 1, opts.burst_text_bytes);
+        bytes += m.payload.len() as u64;
+        let record = BaseRecord::to(BURST_TOPIC).partition(i as i32).key(&m.key).payload(&m.payload);
+        p.send(record).map_err(|(e, _)| e)?;
+        if i % 16 == 15 {
+            p.flush(Duration::from_secs(120))?;
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    drop(p);
+    let kept = high_watermark_sum(ctx.bootstrap, BURST_TOPIC, partitions)?;
+    anyhow::ensure!(kept == n as i64, "the mock broker holds {kept} of {n} burst messages");
+    let mut b = Bridge::spawn(&opts.exe, &path, ctx.work.join("bridge-burst.log"))?;
+    let commits = Commits::new(ctx.bootstrap, &cfg.kafka.group_id, BURST_TOPIC, partitions)?;
+    let prog = watch(&mut b, &commits, n as i64, Duration::from_secs(3600)).await?;
+    r.burst_peak_rss_mb = b.peak_rss_mb()?;
+    let started = b.started;
+    drop(commits);
+    let summary = b.stop().await?;
+    anyhow::ensure!(f(&summary, "consumed") as u64 >= n, "the burst run consumed {} of {n} messages", f(&summary, "consumed"));
+    anyhow::ensure!(
+        f(&summary, "dead_lettered") == 0.0,
+        "burst messages were dead-lettered; see {}",
+        ctx.work.join("bridge-burst.log").display()
+    );
+    r.burst_messages = n;
+    r.burst_message_bytes_avg = bytes as f64 / n as f64;
+    r.burst_max_inflight_bytes = cfg.pipeline.max_inflight_bytes as u64;
+    r.burst_ratio_peak_rss_vs_inflight_bound = r.burst_peak_rss_mb * MIB / cfg.pipeline.max_inflight_bytes as f64;
+    r.burst_inflight_bytes_max = f(&summary, "inflight_bytes_max");
+    r.burst_mb_per_s = prog.rate(n as i64, started) * r.burst_message_bytes_avg / 1e6;
+    eprintln!("bench: burst peak RSS {:.0} MB ({:.1}x the in-flight bound)", r.burst_peak_rss_mb, r.burst_ratio_peak_rss_vs_inflight_bound);
+    Ok(())
 }
 
 /// What every phase's configuration shares.
@@ -518,7 +658,7 @@ fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyh
         if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {
             for (table, row) in rows {
                 let ship = ShipRow { key: row.key, json: row.json };
-                batch.pending(&ship.key, &pending_record(&table, &ship));
+                batch.pending(&ship.key, &pending_record(&table, &ship)?);
                 records += 1;
             }
         }

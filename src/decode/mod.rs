@@ -197,6 +197,12 @@ pub enum Rejection {
     EmptyValue,
     #[error("message is {size} bytes, more than the configured maximum of {max}")]
     TooLarge { size: usize, max: usize },
+    #[error(
+        "its row for `{table}` is {size} bytes in an insertAll request, more than bigquery.max_request_bytes ({max}): \
+         it can never be sent, so the whole change is dead-lettered. To load it, raise bigquery.max_request_bytes (BigQuery \
+         takes up to 10000000) and have DMS send the row again (reload the table), or shrink the source value"
+    )]
+    RowTooLarge { table: String, size: usize, max: usize },
     #[error("message is not valid UTF-8: {0}")]
     NotUtf8(String),
     #[error("message is not valid JSON: {0}")]

@@ -554,8 +554,7 @@ mod tests {
 
     #[test]
     fn rejections_name_the_limit() {
-        let e = conv(ColumnType::Numeric, &num("1e16")).map(|_| ()).unwrap_or(());
-        assert_eq!(e, (), "1e16 fits NUMERIC");
+        assert!(conv(ColumnType::Numeric, &num("1e16")).is_ok(), "1e16 fits NUMERIC");
         let e = conv(ColumnType::Numeric, &num("1.0000000001")).unwrap_err();
         assert!(e.contains("NUMERIC") && e.contains("scale 9"), "{e}");
         let e = conv(ColumnType::Int64, &num("9223372036854775808")).unwrap_err();

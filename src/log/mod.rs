@@ -67,6 +67,12 @@ pub enum WalError {
     #[error("WAL record under {key} is damaged ({source}); the WAL at wal.path needs repair: move it away and let Kafka redeliver from the last committed offset")]
     Corrupt { key: String, source: record::FormatError },
     #[error(
+        "a WAL record ({what}) cannot be encoded: {source}. Nothing of this commit was written and nothing was acknowledged. \
+         Rows larger than bigquery.max_request_bytes are dead-lettered before they reach the WAL, so this is a bug: report it \
+         with this message; a restart re-reads the messages from the last committed offset"
+    )]
+    Encode { what: String, source: record::EncodeError },
+    #[error(
         "the WAL at wal.path and the tables were written with {setting} = {stored}, and this start asks for {configured}: \
          keys or ordering values of one kind cannot be compared with the other. Restore the setting, or start afresh for this \
          table (new log and final tables, and an empty WAL)"
@@ -183,6 +189,9 @@ pub struct WalBatch {
     /// Resolved keys: (key, rejected, at_ms), in order.
     resolved: Vec<(DedupKey, bool, u64)>,
     counters: Vec<(Vec<u8>, u64)>,
+    /// Dead letters, encoded by [`Wal::commit`] (where an encoding error
+    /// can fail the commit before anything is written).
+    dead_letters: Vec<DeadLetter>,
 }
 
 impl WalBatch {
@@ -202,7 +211,7 @@ impl WalBatch {
     }
 
     pub fn dead_letter(&mut self, d: &DeadLetter) {
-        self.batch.insert(dead_letter_key(b'd', d), record::encode(d));
+        self.dead_letters.push(d.clone());
         self.len += 1;
     }
 
@@ -377,11 +386,50 @@ impl Wal {
                 ))));
             }
         }
-        let WalBatch { batch: mut writes, pending, resolved, counters, .. } = batch;
+        let WalBatch { batch: mut writes, pending, resolved, counters, dead_letters, .. } = batch;
         let resolves = !resolved.is_empty();
         // Held for the whole commit: commits are serialized by sled anyway,
         // and counters are read and written under it.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // Building the writes updates the in-memory view of open batches as
+        // it goes; if it fails (a record that does not encode, an I/O error
+        // while reading), nothing was written: read the view back from disk.
+        if let Err(e) = self.build_writes(&mut open, &mut writes, pending, &resolved, counters, dead_letters) {
+            drop(open);
+            self.rebuild_open_batches()?;
+            return Err(e);
+        }
+        if let Err(e) = self.tree.apply_batch(writes) {
+            // The in-memory view ran ahead of the disk: read it back.
+            drop(open);
+            self.rebuild_open_batches()?;
+            return Err(e.into());
+        }
+        drop(open);
+        if resolves {
+            crate::failpoint::hit(crate::failpoint::AFTER_LANDED_APPLY);
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The writes of one commit, into `writes`; `open` follows them.
+    fn build_writes(
+        &self,
+        open: &mut OpenBatches,
+        writes: &mut sled::Batch,
+        pending: Vec<(DedupKey, PendingRecord)>,
+        resolved: &[(DedupKey, bool, u64)],
+        counters: Vec<(Vec<u8>, u64)>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<(), WalError> {
+        let encode = |what: &dyn Fn() -> String, bytes: Result<Vec<u8>, record::EncodeError>| {
+            bytes.map_err(|source| WalError::Encode { what: what(), source })
+        };
+        for d in &dead_letters {
+            let bytes = encode(&|| format!("dead letter {}/{}@{}", d.topic, d.partition, d.offset), record::encode(d))?;
+            writes.insert(dead_letter_key(b'd', d), bytes);
+        }
         for (key, delta) in counters {
             let now = self.tree.get(&key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0);
             writes.insert(key, &(now + delta).to_be_bytes()[..]);
@@ -389,12 +437,12 @@ impl Wal {
         // Resolutions first: a key both resolved and pended in one batch ends pending.
         let mut by_time: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
         let seq = if resolved.is_empty() { 0 } else { self.db.generate_id()? };
-        for &(ref key, rejected, at_ms) in &resolved {
+        for &(ref key, rejected, at_ms) in resolved {
             let rec = if rejected { Record::Rejected { at_ms, seq } } else { Record::Landed { at_ms, seq } };
-            writes.insert(&ckey(b'c', key)[..], record::encode(&rec));
+            writes.insert(&ckey(b'c', key)[..], encode(&|| format!("mark of {key}"), record::encode(&rec))?);
             by_time.entry(at_ms).or_default().extend_from_slice(&key.0);
             if let Some(n) = open.key_batch.remove(key) {
-                open.release(n, &mut writes);
+                open.release(n, writes);
             }
         }
         for (at_ms, keys) in by_time {
@@ -414,24 +462,18 @@ impl Wal {
                     *open.remaining.entry(n).or_default() += 1;
                     // Pended again: its row now lives in the newer batch record.
                     if let Some(old) = open.key_batch.insert(k, n) {
-                        open.release(old, &mut writes);
+                        open.release(old, writes);
                     }
                 }
-                writes.insert(&numbered_key(b'b', n)[..], record::encode(&PendingBatch { entries: std::mem::take(&mut chunk) }));
+                let rows = chunk.len();
+                let bytes = encode(
+                    &|| format!("batch {n} of {rows} pending rows"),
+                    record::encode(&PendingBatch { entries: std::mem::take(&mut chunk) }),
+                )?;
+                writes.insert(&numbered_key(b'b', n)[..], bytes);
                 chunk_bytes = 0;
             }
         }
-        if let Err(e) = self.tree.apply_batch(writes) {
-            // The in-memory view ran ahead of the disk: read it back.
-            drop(open);
-            self.rebuild_open_batches()?;
-            return Err(e.into());
-        }
-        drop(open);
-        if resolves {
-            crate::failpoint::hit(crate::failpoint::AFTER_LANDED_APPLY);
-        }
-        self.db.flush()?;
         Ok(())
     }
 
@@ -483,7 +525,9 @@ impl Wal {
                 let before = b.entries.len();
                 b.entries.retain(|(key, _)| open.key_batch.get(&DedupKey(*key)) == Some(&n));
                 if b.entries.len() != before {
-                    rewrite.insert(k, record::encode(&b));
+                    let bytes =
+                        record::encode(&b).map_err(|source| WalError::Encode { what: format!("batch {n}, rewritten by prune"), source })?;
+                    rewrite.insert(k, bytes);
                 }
             }
             self.tree.apply_batch(rewrite)?;
@@ -554,8 +598,9 @@ impl Wal {
                 batch.remove(replay_mark);
                 batch.insert(dead_letter_key(b'r', &d), at);
             }
+            let bytes = record::encode(&d).map_err(|source| WalError::Encode { what: format!("dead letter {}", String::from_utf8_lossy(&k)), source })?;
             batch.remove(k);
-            batch.insert(dead_letter_key(b'd', &d), record::encode(&d));
+            batch.insert(dead_letter_key(b'd', &d), bytes);
             n += 1;
         }
         if n > 0 {
@@ -681,6 +726,35 @@ mod tests {
         wal.tree.insert(ckey(b'c', &key(4)), &[1u8, 0xff, 0xff][..]).unwrap();
         let err = wal.state(&key(4)).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_fails_the_commit_and_writes_nothing() {
+        // Today's code wrote the oversized batch record; the WAL then refused
+        // to open ("damaged") and every later start failed.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path()).unwrap();
+            let mut b = WalBatch::default();
+            b.pending(&key(1), &rec("{}"));
+            let huge = PendingRecord { table: "t".into(), row: vec![b'x'; record::MAX_RECORD_BYTES], written_at_ms: 1 };
+            b.pending(&key(2), &huge);
+            b.add_to_counter("c", 1);
+            let err = wal.commit(b).unwrap_err();
+            assert!(matches!(&err, WalError::Encode { source: record::EncodeError::TooLarge, .. }), "{err}");
+            assert!(err.to_string().contains("Nothing of this commit was written"), "{err}");
+            // Nothing of the batch, not even its small row or its counter.
+            assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Absent);
+            assert_eq!(wal.pending_count(), 0);
+            assert_eq!(wal.counter("c").unwrap(), 0);
+            // The WAL carries on.
+            let mut b = WalBatch::default();
+            b.pending(&key(3), &rec("{}"));
+            wal.commit(b).unwrap();
+        }
+        let wal = Wal::open(dir.path()).unwrap();
+        let pending: Vec<DedupKey> = wal.pending().map(|r| r.unwrap().0).collect();
+        assert_eq!(pending, vec![key(3)]);
     }
 
     #[test]

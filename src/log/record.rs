@@ -1,8 +1,11 @@
 //! The WAL's on-disk record encoding: one format-version byte, then bincode 2.
 //!
 //! This is the only module that knows the encoding. Decoding never panics and
-//! never allocates more than [`MAX_RECORD_BYTES`], whatever the bytes: a
-//! damaged or foreign record is a [`FormatError`].
+//! never allocates more than twice [`MAX_RECORD_BYTES`], whatever the bytes: a
+//! damaged or foreign record is a [`FormatError`]. Encoding either returns the
+//! whole record or an [`EncodeError`]: a record that does not encode, or whose
+//! body is larger than [`MAX_RECORD_BYTES`] (which [`decode`] would refuse),
+//! is never handed to the WAL, truncated or otherwise.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +14,17 @@ use serde::{Deserialize, Serialize};
 /// [`DeadLetter`]; the other records read the same in versions 2 and 3.
 pub const FORMAT_VERSION: u8 = 3;
 
-/// No record is larger than this (a row is at most 10 MB in BigQuery).
+/// No record body is larger than this (a row is at most 10 MB in BigQuery):
+/// [`encode`] refuses to write a larger one.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// The decoder's allocation limit. bincode counts a decoded integer at its
+/// full width (8 bytes for a `u64` stored as a 1-byte varint), so a body of
+/// `n` bytes counts more than `n`: at most 1.6 `n` for the records here (a
+/// pending row's 32-byte key and three integers count 21 bytes more than the
+/// 35 they take at least). Twice [`MAX_RECORD_BYTES`] reads back every record
+/// [`encode`] writes.
+const DECODE_LIMIT: usize = 2 * MAX_RECORD_BYTES;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FormatError {
@@ -167,18 +179,51 @@ pub fn decode_dead_letter(bytes: &[u8]) -> Result<AnyDeadLetter, FormatError> {
     }
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+/// Why a value could not become a WAL record. Nothing is written for it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the record would be more than {MAX_RECORD_BYTES} bytes (the most a WAL record may hold)")]
+    TooLarge,
+    #[error("the record does not encode: {0}")]
+    Failed(String),
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Encoding plain structs of strings, integers and byte vectors into a Vec
-    // only fails past the size limit, which callers bound beforehand.
-    if let Err(e) = bincode::serde::encode_into_std_write(value, &mut out, config()) {
-        tracing::error!(error = %e, "WAL record encoding failed");
+/// A `Vec` that refuses to grow past `cap` bytes, so an oversized record
+/// fails as soon as it passes the limit instead of after it was built whole.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("WAL record limit reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
     }
-    out
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// The record of `value`: the format version, then its bincode body of at
+/// most [`MAX_RECORD_BYTES`] (bincode checks that limit only when decoding,
+/// so it is enforced here while writing).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Capped { out: vec![FORMAT_VERSION], cap: 1 + MAX_RECORD_BYTES, over: false };
+    match bincode::serde::encode_into_std_write(value, &mut w, config()) {
+        Ok(_) => Ok(w.out),
+        Err(_) if w.over => Err(EncodeError::TooLarge),
+        Err(e) => Err(EncodeError::Failed(e.to_string())),
+    }
 }
 
 /// A record type, and the oldest format version that encodes it the way
@@ -222,12 +267,12 @@ pub(crate) mod tests {
     #[test]
     fn round_trip() {
         let r = Record::Rejected { at_ms: 4, seq: 9 };
-        assert_eq!(decode::<Record>(&encode(&r)).unwrap(), r);
+        assert_eq!(decode::<Record>(&encode(&r).unwrap()).unwrap(), r);
         let b = PendingBatch { entries: vec![([3; 32], PendingRecord { table: "t".into(), row: b"{}".to_vec(), written_at_ms: 5 })] };
-        assert_eq!(decode::<PendingBatch>(&encode(&b)).unwrap(), b);
+        assert_eq!(decode::<PendingBatch>(&encode(&b).unwrap()).unwrap(), b);
         let d = sample_letter();
-        assert_eq!(decode::<DeadLetter>(&encode(&d)).unwrap(), d);
-        assert_eq!(decode_dead_letter(&encode(&d)).unwrap(), AnyDeadLetter::Current(d));
+        assert_eq!(decode::<DeadLetter>(&encode(&d).unwrap()).unwrap(), d);
+        assert_eq!(decode_dead_letter(&encode(&d).unwrap()).unwrap(), AnyDeadLetter::Current(d));
     }
 
     pub(crate) fn sample_letter() -> DeadLetter {
@@ -269,7 +314,7 @@ pub(crate) mod tests {
         assert_eq!(decode_dead_letter(&bytes).unwrap(), AnyDeadLetter::V2(old));
         assert_eq!(decode::<DeadLetter>(&bytes), Err(FormatError::UnsupportedVersion { found: 2 }));
         // Records whose shape did not change read in both versions.
-        let mut landed = encode(&Record::Landed { at_ms: 1, seq: 2 });
+        let mut landed = encode(&Record::Landed { at_ms: 1, seq: 2 }).unwrap();
         landed[0] = 2;
         assert_eq!(decode::<Record>(&landed).unwrap(), Record::Landed { at_ms: 1, seq: 2 });
     }
@@ -287,8 +332,41 @@ pub(crate) mod tests {
         huge_row.extend_from_slice(&[3; 32]);
         huge_row.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(decode::<PendingBatch>(&huge_row).is_err());
-        let mut trailing = encode(&Record::Landed { at_ms: 1, seq: 2 });
+        let mut trailing = encode(&Record::Landed { at_ms: 1, seq: 2 }).unwrap();
         trailing.push(0);
         assert!(decode::<Record>(&trailing).is_err());
+    }
+
+    #[test]
+    fn a_record_past_the_limit_is_an_error_and_one_under_it_round_trips() {
+        // Today's code returned the bytes anyway (or a truncated prefix on a
+        // serializer error), and the WAL wrote a record it could not read back.
+        let rec = |n: usize| PendingRecord { table: "t".into(), row: vec![b'x'; n], written_at_ms: 1 };
+        let over = PendingBatch { entries: vec![([1; 32], rec(MAX_RECORD_BYTES))] };
+        assert_eq!(encode(&over), Err(EncodeError::TooLarge));
+        let under = PendingBatch { entries: vec![([1; 32], rec(MAX_RECORD_BYTES - 64))] };
+        assert_eq!(decode::<PendingBatch>(&encode(&under).unwrap()).unwrap(), under);
+        // Many small rows count more when decoded than they take: a record
+        // just under the limit still reads back.
+        let empty = PendingRecord { table: String::new(), row: Vec::new(), written_at_ms: 1 };
+        let many = PendingBatch { entries: vec![([1; 32], empty); MAX_RECORD_BYTES / 35 - 1] };
+        let bytes = encode(&many).unwrap();
+        assert!(bytes.len() > MAX_RECORD_BYTES - 64, "{}", bytes.len());
+        assert_eq!(decode::<PendingBatch>(&bytes).unwrap().entries.len(), many.entries.len());
+    }
+
+    #[test]
+    fn a_value_that_does_not_serialize_is_an_error_not_a_prefix() {
+        // A sequence of unknown length is one bincode cannot write: the
+        // error must reach the caller, not a record holding the bytes so far.
+        struct Unsized;
+        impl Serialize for Unsized {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let seq = s.serialize_seq(None)?;
+                seq.end()
+            }
+        }
+        assert!(matches!(encode(&(7u64, Unsized)), Err(EncodeError::Failed(_))), "{:?}", encode(&(7u64, Unsized)));
     }
 }

@@ -182,6 +182,50 @@ pub struct SimMessage {
     pub payload: Vec<u8>,
 }
 
+/// A DMS `insert` of one `sales.customers` row (as [`tables`] configures it)
+/// whose `name` is text taking `text_bytes` in the message: a row with one large text column
+/// (a document, a LOB), for the memory bounds' tests and benchmark. The text is
+/// words drawn from `id`, so two messages differ; the change is not in any
+/// model.
+pub fn large_text_change(id: i64, text_bytes: usize) -> SimMessage {
+    const WORDS: &[&str] =
+        &["order", "shipped", "invoice", "customer", "réseau", "返品", "pending", "the", "of", "and", "quantity", "\"quoted\"", "line\n"];
+    let mut rng = StdRng::seed_from_u64(id as u64);
+    let mut text = String::with_capacity(text_bytes + 16);
+    // `json` counts the text as the message holds it (quotes and newlines escaped).
+    let mut json = 0;
+    loop {
+        let word = WORDS[rng.random_range(0..WORDS.len())];
+        let escaped = word.len() + word.matches(['"', '\n']).count() + 1;
+        if json + escaped > text_bytes {
+            break;
+        }
+        text.push_str(word);
+        text.push(' ');
+        json += escaped;
+    }
+    text.extend(std::iter::repeat_n('x', text_bytes - json));
+    let envelope = json!({
+        "data": {
+            "id": id,
+            "name": text,
+            "email": format!("customer{id}@example.com"),
+            "active": true,
+            "updated_at": "2026-11-27T10:00:00.000000Z",
+        },
+        "metadata": {
+            "timestamp": format!("2026-11-27T10:00:{:02}.{:06}Z", (id / 1_000_000) % 60, id % 1_000_000),
+            "record-type": "data",
+            "operation": "insert",
+            "partition-key-type": "primary-key",
+            "schema-name": SOURCE_SCHEMA,
+            "table-name": "customers",
+        },
+    });
+    let payload = serde_json::to_vec(&envelope).expect("json");
+    SimMessage { table: format!("{SOURCE_SCHEMA}.customers"), key: id.to_string().into_bytes(), payload }
+}
+
 /// A source row: column -> value; NULL columns are absent.
 pub type Row = BTreeMap<String, SourceValue>;
 /// The model: per source table, primary key (canonical text) -> row.
@@ -361,7 +405,8 @@ impl Simulator {
                 put(&mut m, "price", SourceValue::Float(r.random_range(1..100_000) as f64 / 4.0));
             }
             _ => {
-                let columns: [(&str, fn(&mut StdRng) -> SourceValue); 12] = [
+                type Generate = fn(&mut StdRng) -> SourceValue;
+                let columns: [(&str, Generate); 12] = [
                     ("c_int64", |r| {
                         SourceValue::Int(match r.random_range(0..8) {
                             0 => i64::MIN,

@@ -10,7 +10,12 @@
 //!
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
 //! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
-//! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows. A request BigQuery
+//! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows.
+//! Memory: every request of a [`Sink::ship`] call builds its body before it
+//! waits for one of the `max_inflight_requests` permits, so the bodies alive at
+//! once are at most one gzipped copy of the rows being shipped (a retry
+//! rebuilds its body after the previous one is dropped); the rows themselves
+//! are bounded by `pipeline.max_inflight_bytes` (`src/pipeline.rs`). A request BigQuery
 //! refuses as a whole (HTTP 400, HTTP 413, or any other 4xx answered with a
 //! body that is not BigQuery's JSON, see [`classify_insert_all`]) is split in
 //! halves until the bad row is alone, which is then rejected with the status,
@@ -400,6 +405,17 @@ pub fn interpret(errors: &[TableDataInsertAllResponseInsertErrors], rows: usize)
     )
 }
 
+/// The bytes a row takes in an insertAll request (its JSON plus the
+/// envelope estimate), counted without building the JSON. A row that does not
+/// serialize counts as too large for any request.
+pub fn row_request_bytes(json: &Map<String, Value>) -> usize {
+    let mut counter = Counting { inner: std::io::sink(), written: 0 };
+    match serde_json::to_writer(&mut counter, json) {
+        Ok(()) => counter.written + ROW_OVERHEAD,
+        Err(_) => usize::MAX / 2,
+    }
+}
+
 /// Splits rows into requests within the row and byte limits. Rows that are
 /// too large on their own are returned separately.
 pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
@@ -408,7 +424,7 @@ pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Ve
     let mut current = Vec::new();
     let mut bytes = 0;
     for (i, row) in rows.iter().enumerate() {
-        let size = serde_json::to_vec(&row.json).map(|v| v.len()).unwrap_or(usize::MAX / 2) + ROW_OVERHEAD;
+        let size = row_request_bytes(&row.json);
         if size > max_bytes {
             oversized.push((i, size));
             continue;
