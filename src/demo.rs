@@ -70,7 +70,12 @@ impl LocalKafka {
     }
 
     /// Produces one message with headers (a name may repeat; `None` is a null value).
-    pub fn produce_with_headers(&self, key: Option<&[u8]>, payload: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> anyhow::Result<()> {
+    pub fn produce_with_headers(
+        &self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> anyhow::Result<()> {
         use rdkafka::message::{Header, OwnedHeaders};
         let mut h = OwnedHeaders::new();
         for (name, value) in headers {

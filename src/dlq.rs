@@ -145,8 +145,8 @@ async fn reship_row(
     d: &DeadLetter,
     r: &RefusedRow,
 ) -> Result<Replayed, PipelineError> {
-    let json = serde_json::from_slice(&r.json)
-        .map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
+    let json =
+        serde_json::from_slice(&r.json).map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
     ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), ShipRow { key: DedupKey(r.key), json })], &Origins::new()).await
 }
 

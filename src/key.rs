@@ -25,8 +25,23 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::decode::row::{Coords, Part};
 use crate::decode::{Change, Control};
+use crate::source::message::Coords;
+
+/// Whether a log row is the change itself or the delete of the old primary
+/// key that an update changing the key implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Change = 0,
+    /// Sorts after every change with the same timestamp or position, in any
+    /// partition: the old key's earlier changes may sit in another partition
+    /// (DMS partitions by the new key), and only the row's own order is known.
+    OldKeyDelete = 1,
+    /// A truncate or drop-table marker: sorts after every change with the
+    /// same timestamp (any partition) or the same position, so a change DMS
+    /// stamped with the truncate's own timestamp counts as before it.
+    Control = 2,
+}
 
 /// Domain separation: changing the derivation means changing this string
 /// and the WAL's layout version (a WAL keyed one way cannot de-duplicate

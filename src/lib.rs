@@ -10,6 +10,8 @@
 //!   identifier validation, and conversion of values to BigQuery column types.
 //! * [`key`]: the content-hash dedup key (blake3) of a change.
 //! * [`log`]: the sled write-ahead log: pending records, landed marks, dead letters.
+//! * [`table`]: the BigQuery table contract: log-table, tombstone and
+//!   dead-letter columns and names, shared by decode, sink and merge.
 //! * [`sink`]: BigQuery: table creation and `tabledata.insertAll` shipping.
 //! * [`dlq`]: inspecting dead letters and re-driving them after a fix.
 //! * [`merge`]: the MERGE that folds a CDC log table into its final table.
@@ -45,3 +47,4 @@ pub mod service;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod table;

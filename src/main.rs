@@ -316,7 +316,8 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{n} dead letter(s)");
                 }
                 DlqAction::Show { id } => {
-                    let found: Vec<_> = wal.dead_letters().filter(|d| d.as_ref().map_or(true, |d| dlq::names(&id, d))).collect::<Result<_, _>>()?;
+                    let found: Vec<_> =
+                        wal.dead_letters().filter(|d| d.as_ref().map_or(true, |d| dlq::names(&id, d))).collect::<Result<_, _>>()?;
                     anyhow::ensure!(!found.is_empty(), "no dead letter {id} (see `landfall dlq list`)");
                     for d in found {
                         show_dead_letter(&wal, &d)?;

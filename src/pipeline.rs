@@ -49,12 +49,12 @@ use crate::decode::{dms, Control, ControlKind, Decoded, Rejection};
 use crate::key::DedupKey;
 use crate::log::{now_ms, DeadLetter, KafkaMessage, KeyState, PendingRecord, RefusedRow, Stage, Wal, WalBatch, WalError};
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::sink::schema::*;
 use crate::sink::{RowOutcome, ShipRow, Sink, SinkError};
 use crate::source::kafka::{self, RebalanceEvent, SourceError};
 pub use crate::source::message::Msg;
 use crate::source::progress::{self, SharedProgress};
 use crate::source::tracker::TopicPartition;
+use crate::table::*;
 
 /// The WAL counter of changes not shipped because their key was already
 /// landed or in flight (survives restarts and kill -9).
@@ -443,7 +443,8 @@ pub async fn ship_and_land(
         commit_durably(wal, batch, metrics).await?;
         crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
         let more =
-            Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], &Origins::new(), metrics)).await?;
+            Box::pin(ship_and_land(wal, sink, dead_letter_table, vec![(dead_letter_table.to_owned(), rows)], &Origins::new(), metrics))
+                .await?;
         return Ok(more.map(|keys| {
             resolved.extend(keys);
             resolved
@@ -482,7 +483,12 @@ pub fn msg_bytes(m: &Msg) -> usize {
 
 /// Re-ships every pending WAL record with its original insertId.
 /// Returns how many were recovered.
-pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Arc<Config>, metrics: &Metrics) -> Result<Result<usize, SinkError>, PipelineError> {
+pub async fn recover(
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    cfg: &Arc<Config>,
+    metrics: &Metrics,
+) -> Result<Result<usize, SinkError>, PipelineError> {
     // Re-shipped in chunks of at most CHUNK rows and about
     // `pipeline.max_inflight_bytes` of rows (plus one row).
     const CHUNK: usize = 20_000;
@@ -1020,7 +1026,9 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
             panic!("a 150 kB row was planned for a 100 kB request limit")
         };
         let size = crate::sink::insert::row_request_bytes(&{
-            let Plan::Rows(rows) = plan(&config_with_request_limit(9_000_000), &big_msg(7, big.clone()), &metrics) else { panic!("rows under the default limit") };
+            let Plan::Rows(rows) = plan(&config_with_request_limit(9_000_000), &big_msg(7, big.clone()), &metrics) else {
+                panic!("rows under the default limit")
+            };
             rows[0].1.json.clone()
         });
         assert!(size > 150_000, "{size}");

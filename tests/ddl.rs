@@ -55,7 +55,14 @@ impl Harness {
         let mut groups: Vec<(String, Vec<ShipRow>)> = Vec::new();
         for payload in messages {
             self.offset += 1;
-            let msg = Msg { topic: "dms".into(), partition: 0, offset: self.offset, payload: Some(payload.clone()), produced_ms: None, ..Default::default() };
+            let msg = Msg {
+                topic: "dms".into(),
+                partition: 0,
+                offset: self.offset,
+                payload: Some(payload.clone()),
+                produced_ms: None,
+                ..Default::default()
+            };
             match plan(&self.stack.cfg, &msg, &self.metrics) {
                 Plan::Rows(rows) => {
                     for (table, r) in rows {

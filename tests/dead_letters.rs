@@ -158,7 +158,10 @@ fn widget_at(op: &str, id: i64, label: &str, second: u32) -> Vec<u8> {
 }
 
 /// A replay over `cfg`'s WAL and BigQuery, as `landfall dlq replay --all` runs it.
-async fn replay_all(cfg: &std::sync::Arc<landfall::config::Config>, bq: &landfall::sink::BigQuery) -> Vec<(String, landfall::dlq::Replayed)> {
+async fn replay_all(
+    cfg: &std::sync::Arc<landfall::config::Config>,
+    bq: &landfall::sink::BigQuery,
+) -> Vec<(String, landfall::dlq::Replayed)> {
     let wal = Wal::open(&cfg.wal.path).unwrap();
     let metrics = std::sync::Arc::new(Metrics::default());
     let (_abort, rx) = tokio::sync::watch::channel(false);

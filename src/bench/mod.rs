@@ -571,7 +571,14 @@ fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec
     let metrics = Metrics::default();
     let mut rows = Vec::new();
     for (offset, m) in msgs.iter().enumerate() {
-        let msg = Msg { topic: BQ_TOPIC.into(), partition: 0, offset: offset as i64, payload: Some(m.payload.clone()), produced_ms: None, ..Default::default() };
+        let msg = Msg {
+            topic: BQ_TOPIC.into(),
+            partition: 0,
+            offset: offset as i64,
+            payload: Some(m.payload.clone()),
+            produced_ms: None,
+            ..Default::default()
+        };
         match plan(cfg, &msg, &metrics) {
             Plan::Rows(r) => rows.extend(r.into_iter().map(|(t, row)| (t, ShipRow { key: row.key, json: row.json }))),
             other => anyhow::bail!("a generated message did not become rows: {other:?}"),

@@ -6,6 +6,7 @@
 
 pub mod dms;
 pub mod ident;
+pub mod json;
 pub mod position;
 pub mod row;
 pub mod value;

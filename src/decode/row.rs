@@ -19,28 +19,11 @@ use super::{ident, position, value, Change, Control, Op, OrderBy, Rejection};
 use crate::config::TableConfig;
 use crate::key::DedupKey;
 
-pub const COL_KEY: &str = "_landfall_key";
-pub const COL_OP: &str = "_landfall_op";
-pub const COL_ORDER: &str = "_landfall_order";
-pub const COL_INGESTED: &str = "_landfall_ingested";
-pub const COL_SOURCE_TS: &str = "_landfall_source_ts";
-pub const COL_TOPIC: &str = "_landfall_topic";
-pub const COL_PARTITION: &str = "_landfall_partition";
-pub const COL_OFFSET: &str = "_landfall_offset";
-/// INT64 bitmask: bit `i` set = `keep_when_missing[i]` was absent from this
-/// update (so it is unchanged). NULL (left out) when no bit is set.
-pub const COL_MISSING: &str = "_landfall_missing";
+pub use crate::table::{
+    COL_INGESTED, COL_KEY, COL_MISSING, COL_OFFSET, COL_OP, COL_ORDER, COL_PARTITION, COL_SOURCE_TS, COL_TOPIC, MAX_KEEP_WHEN_MISSING,
+};
 
-/// At most this many `keep_when_missing` columns per table (bits of an INT64).
-pub const MAX_KEEP_WHEN_MISSING: usize = 63;
-
-/// Where a message was read from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Coords {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
+pub use crate::source::message::Coords;
 
 /// A row for a log table, keyed by its dedup key.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,20 +33,7 @@ pub struct LogRow {
     pub json: Map<String, Value>,
 }
 
-/// Whether a log row is the change itself or the delete of the old primary
-/// key that an update changing the key implies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Change = 0,
-    /// Sorts after every change with the same timestamp or position, in any
-    /// partition: the old key's earlier changes may sit in another partition
-    /// (DMS partitions by the new key), and only the row's own order is known.
-    OldKeyDelete = 1,
-    /// A truncate or drop-table marker: sorts after every change with the
-    /// same timestamp (any partition) or the same position, so a change DMS
-    /// stamped with the truncate's own timestamp counts as before it.
-    Control = 2,
-}
+pub use crate::key::Part;
 
 /// The total order of changes to one primary key, as a string compared
 /// byte-wise (docs/design.md, "Ordering"). One table uses one form, fixed by

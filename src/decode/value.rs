@@ -26,10 +26,7 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use super::{BytesEncoding, ColumnType};
 use crate::config::ColumnConfig;
 
-/// Bare `NaN`, `Infinity` and `-Infinity` tokens are not JSON; the decoder
-/// turns them into strings that start with this mark (a NUL byte cannot
-/// appear unescaped in a JSON string, so no real value starts with it).
-pub const NON_FINITE_MARK: &str = "\u{0}landfall-non-finite:";
+pub use super::json::NON_FINITE_MARK;
 
 /// NUMERIC: precision 38, scale 9.
 const NUMERIC_INT_DIGITS: usize = 29;
@@ -285,7 +282,7 @@ fn bignumeric(v: &Value) -> Result<Value, String> {
 fn json_document(v: &Value) -> Result<Value, String> {
     match v {
         Value::String(s) => {
-            let doc = super::dms::parse_strict(s).map_err(|e| format!("{} is not a JSON document ({e})", short(s)))?;
+            let doc = super::json::parse_strict(s).map_err(|e| format!("{} is not a JSON document ({e})", short(s)))?;
             Ok(Value::String(doc.to_string()))
         }
         other => Ok(Value::String(other.to_string())),

@@ -285,7 +285,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let Some(fault) = fault else {
         return forward(&inner, parts, body, &kind).await;
     };
-    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped | Fault::NoSuchField { .. }) && rows.is_none() {
+    if matches!(fault, Fault::InvalidRow { .. } | Fault::RowsBackendError | Fault::AllStopped | Fault::NoSuchField { .. }) && rows.is_none()
+    {
         tracing::warn!("fault proxy: insertAll body has no rows array; forwarding instead");
         return forward(&inner, parts, body, &kind).await;
     }

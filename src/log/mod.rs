@@ -233,12 +233,7 @@ impl WalBatch {
     }
 }
 
-/// The WAL's page cache unless `wal.cache_bytes` says otherwise. sled's
-/// resident memory runs several times its cache setting (measured: ~95 MB at
-/// 8 MiB, ~155 MB at 16 MiB, ~270 MB at 64 MiB after 1M changes), and a
-/// larger cache buys less than it costs (16 -> 64 MiB: about a fifth faster).
-/// 8 MiB keeps the bridge within 256 MB over a 1M-message backlog.
-pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+pub use crate::config::DEFAULT_WAL_CACHE_BYTES as DEFAULT_CACHE_BYTES;
 
 fn counter_key(name: &str) -> Vec<u8> {
     [b"meta:count:", name.as_bytes()].concat()
@@ -564,11 +559,7 @@ impl Wal {
 
     /// When a dead letter was re-driven successfully, if it was.
     pub fn replayed_at(&self, d: &DeadLetter) -> Result<Option<u64>, WalError> {
-        Ok(self
-            .tree
-            .get(dead_letter_key(b'r', d))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
+        Ok(self.tree.get(dead_letter_key(b'r', d))?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
     }
 
     /// Every dead letter recorded, in (topic, partition, offset) order.
@@ -598,7 +589,8 @@ impl Wal {
                 batch.remove(replay_mark);
                 batch.insert(dead_letter_key(b'r', &d), at);
             }
-            let bytes = record::encode(&d).map_err(|source| WalError::Encode { what: format!("dead letter {}", String::from_utf8_lossy(&k)), source })?;
+            let bytes = record::encode(&d)
+                .map_err(|source| WalError::Encode { what: format!("dead letter {}", String::from_utf8_lossy(&k)), source })?;
             batch.remove(k);
             batch.insert(dead_letter_key(b'd', &d), bytes);
             n += 1;
@@ -617,12 +609,12 @@ impl Wal {
 /// (with an empty table, so `dlq replay` says it must be re-driven from
 /// Kafka); any other kept the message value.
 fn upgrade_dead_letter(old: record::DeadLetterV2) -> DeadLetter {
-    let at = crate::decode::row::Coords { topic: old.topic.clone(), partition: old.partition, offset: old.offset };
+    let at = crate::source::message::Coords { topic: old.topic.clone(), partition: old.partition, offset: old.offset };
     let refused = old.reason.starts_with("BigQuery rejected the row");
     let (message, row, stage) = if refused {
         let key = serde_json::from_slice::<serde_json::Value>(&old.payload_prefix)
             .ok()
-            .and_then(|v| v.get(crate::decode::row::COL_KEY).and_then(|k| k.as_str()).and_then(DedupKey::from_hex))
+            .and_then(|v| v.get(crate::table::COL_KEY).and_then(|k| k.as_str()).and_then(DedupKey::from_hex))
             .unwrap_or(DedupKey([0; 32]));
         (None, Some(RefusedRow { table: String::new(), key: key.0, json: old.payload_prefix }), Stage::BigQuery)
     } else {
@@ -638,7 +630,17 @@ fn upgrade_dead_letter(old: record::DeadLetterV2) -> DeadLetter {
         (Some(message), None, Stage::Decode)
     };
     let id = DedupKey::of_dead_letter(&at, None, Some(&old.payload_hash), row.as_ref().map(|r| DedupKey(r.key)).as_ref());
-    DeadLetter { id: id.0, topic: old.topic, partition: old.partition, offset: old.offset, stage, reason: old.reason, message, row, at_ms: old.at_ms }
+    DeadLetter {
+        id: id.0,
+        topic: old.topic,
+        partition: old.partition,
+        offset: old.offset,
+        stage,
+        reason: old.reason,
+        message,
+        row,
+        at_ms: old.at_ms,
+    }
 }
 
 #[cfg(test)]

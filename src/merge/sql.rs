@@ -36,9 +36,10 @@
 //! its state row.
 
 use crate::decode::ident::{IdentError, Quoted};
-use crate::decode::row::{COL_INGESTED, COL_KEY, COL_MISSING, COL_OP, COL_ORDER};
 use crate::decode::value::format_timestamp_micros;
 use crate::decode::{OP_DROP_TABLE, OP_TRUNCATE};
+pub use crate::table::{create_final_table_statement, tombstone_table_name};
+use crate::table::{COL_INGESTED, COL_KEY, COL_MISSING, COL_OP, COL_ORDER};
 
 /// The inclusive range of `_landfall_ingested` (microseconds) a merge reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +83,6 @@ impl StateRow {
     }
 }
 
-/// The tombstone table of a final table.
-pub fn tombstone_table_name(final_table: &str) -> String {
-    format!("{final_table}__tombstones")
-}
-
 impl MergeTarget {
     pub fn new(project: &str, dataset: &str, log: &str, target: &str, pk: &[String], columns: &[String]) -> Result<Self, IdentError> {
         Ok(MergeTarget {
@@ -111,12 +107,12 @@ impl MergeTarget {
     }
 
     /// Sets the table's `keep_when_missing` columns (in configured order; at
-    /// most [`MAX_KEEP_WHEN_MISSING`](crate::decode::row::MAX_KEEP_WHEN_MISSING),
+    /// most [`MAX_KEEP_WHEN_MISSING`](crate::table::MAX_KEEP_WHEN_MISSING),
     /// each a column and not a key, as config validation ensures).
     pub fn keep_when_missing(mut self, keep: &[String]) -> Result<Self, IdentError> {
         self.keep = keep.iter().map(|c| Quoted::column(c)).collect::<Result<_, _>>()?;
         assert!(
-            self.keep.len() <= crate::decode::row::MAX_KEEP_WHEN_MISSING
+            self.keep.len() <= crate::table::MAX_KEEP_WHEN_MISSING
                 && self.keep.iter().all(|k| self.columns.contains(k) && !self.primary_key.contains(k)),
             "keep_when_missing is validated with the config"
         );
@@ -338,18 +334,6 @@ pub fn write_watermark_statement(state: &Quoted, final_table: &str, micros: i64)
          WHEN MATCHED THEN UPDATE SET watermark = {ts}, updated_at = CURRENT_TIMESTAMP()\n\
          WHEN NOT MATCHED THEN INSERT (final_table, watermark, updated_at) VALUES (S.final_table, {ts}, CURRENT_TIMESTAMP())"
     ))
-}
-
-/// `CREATE TABLE IF NOT EXISTS` for a final table, keyed (NOT ENFORCED, as
-/// BigQuery allows) and clustered by its primary key.
-pub fn create_final_table_statement(target: &Quoted, columns: &[(Quoted, &'static str)], primary_key: &[Quoted]) -> String {
-    let mut defs: Vec<String> = columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
-    defs.push(format!("{} STRING", Quoted::internal(COL_ORDER)));
-    defs.push(format!("{} STRING", Quoted::internal(COL_KEY)));
-    let pk = primary_key.iter().map(Quoted::as_str).collect::<Vec<_>>().join(", ");
-    defs.push(format!("PRIMARY KEY ({pk}) NOT ENFORCED"));
-    let cluster = primary_key.iter().take(4).map(Quoted::as_str).collect::<Vec<_>>().join(", ");
-    format!("CREATE TABLE IF NOT EXISTS {target} (\n  {}\n) CLUSTER BY {cluster}", defs.join(",\n  "))
 }
 
 #[cfg(test)]

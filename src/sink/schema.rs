@@ -29,28 +29,8 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use super::client::{redact, BigQuery};
 use crate::config::{Config, TableConfig};
 use crate::decode::ident::Quoted;
-use crate::decode::row::*;
 use crate::decode::ColumnType;
-use crate::merge::sql::{create_final_table_statement, tombstone_table_name};
-
-pub const COL_DL_TOPIC: &str = "topic";
-pub const COL_DL_PARTITION: &str = "partition";
-pub const COL_DL_OFFSET: &str = "offset";
-pub const COL_DL_REASON: &str = "reason";
-pub const COL_DL_PAYLOAD: &str = "payload";
-pub const COL_DL_PAYLOAD_LEN: &str = "payload_length";
-pub const COL_DL_PAYLOAD_HASH: &str = "payload_blake3";
-pub const COL_DL_AT: &str = "dead_lettered_at";
-/// `decode` or `bigquery`: which step refused it.
-pub const COL_DL_STAGE: &str = "stage";
-/// The Kafka message key (BYTES).
-pub const COL_DL_MESSAGE_KEY: &str = "message_key";
-/// The Kafka headers as JSON text: `[[name, base64 value or null], ...]`.
-pub const COL_DL_HEADERS: &str = "message_headers";
-pub const COL_DL_MESSAGE_TS: &str = "message_timestamp";
-/// For a row BigQuery refused: its log table, and the row as JSON text.
-pub const COL_DL_TABLE: &str = "log_table";
-pub const COL_DL_ROW: &str = "refused_row";
+use crate::table::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

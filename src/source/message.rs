@@ -3,8 +3,6 @@
 
 use rdkafka::Message;
 
-use crate::decode::row::Coords;
-
 /// A message read from Kafka, owned.
 #[derive(Debug, Clone, Default)]
 pub struct Msg {
@@ -25,10 +23,7 @@ impl Msg {
     /// Copies a message read from Kafka.
     pub fn from_kafka<M: Message>(m: &M) -> Msg {
         use rdkafka::message::Headers;
-        let headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
-            .unwrap_or_default();
+        let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
         Msg {
             topic: m.topic().to_owned(),
             partition: m.partition(),
@@ -43,4 +38,12 @@ impl Msg {
     pub fn coords(&self) -> Coords {
         Coords { topic: self.topic.clone(), partition: self.partition, offset: self.offset }
     }
+}
+
+/// Where a message was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Coords {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
