@@ -101,6 +101,9 @@ pub enum Stopped {
 pub struct Origins {
     known: HashMap<DedupKey, Arc<Msg>>,
     reread: Option<Arc<Config>>,
+    /// Set when a read from Kafka failed: the others are not tried (a
+    /// broker that is down would cost each refused row the read timeout).
+    reread_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Origins {
@@ -110,7 +113,7 @@ impl Origins {
 
     /// No message in memory: read a refused row's message from Kafka again.
     pub fn reading_kafka(cfg: Arc<Config>) -> Origins {
-        Origins { known: HashMap::new(), reread: Some(cfg) }
+        Origins { reread: Some(cfg), ..Origins::default() }
     }
 
     pub fn insert(&mut self, key: DedupKey, msg: Arc<Msg>) {
@@ -122,26 +125,32 @@ impl Origins {
         if let Some(m) = self.known.get(&row.key) {
             return Some(m.clone());
         }
-        let cfg = self.reread.clone()?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let cfg = self.reread.clone().filter(|_| !self.reread_failed.load(Relaxed))?;
         let at = coords_of(&row.json);
         let key = row.key;
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let msg = kafka::read_one(&cfg.kafka, &at.topic, at.partition, at.offset, Duration::from_secs(10))?;
             // The offset may hold another message now (a re-created topic).
-            match plan(&cfg, &msg, &Metrics::default()) {
+            Some(match plan(&cfg, &msg, &Metrics::default()) {
                 Plan::Rows(rows) if rows.iter().any(|(_, r)| r.key == key) => Some(Arc::new(msg)),
                 _ => None,
-            }
+            })
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        if read.is_none() {
+            self.reread_failed.store(true, Relaxed);
+            tracing::warn!(key = %row.key, "could not read a refused row's message from Kafka again; its dead letter (and any later one of this recovery) keeps the row only");
+        }
+        read.flatten()
     }
 }
 
 impl FromIterator<(DedupKey, Arc<Msg>)> for Origins {
     fn from_iter<I: IntoIterator<Item = (DedupKey, Arc<Msg>)>>(iter: I) -> Origins {
-        Origins { known: iter.into_iter().collect(), reread: None }
+        Origins { known: iter.into_iter().collect(), ..Origins::default() }
     }
 }
 
