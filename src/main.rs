@@ -247,7 +247,17 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(config = ?cfg, "starting");
             // Signals are caught from here on, also while starting up.
             let mut signals = Signals::install()?;
-            let service = Service::start(cfg).await?;
+            // Starting talks to BigQuery (tables) and may wait a request
+            // timeout on an unreachable one: a signal meanwhile ends the
+            // start at once. Nothing has been consumed or acknowledged yet,
+            // and every WAL write so far was durable on its own.
+            let service = tokio::select! {
+                started = Service::start(cfg) => started?,
+                _ = signals.recv() => {
+                    tracing::info!("signal received while starting; nothing was consumed: exiting");
+                    std::process::exit(0);
+                }
+            };
             let summary = service.metrics.clone();
             tokio::select! {
                 _ = signals.recv() => tracing::info!("signal received; shutting down"),

@@ -118,7 +118,13 @@ fn landfall_run_exits_on_sigterm_with_kafka_and_bigquery_both_gone() {
         let mut msgs = sim.full_load(50);
         msgs.extend(sim.changes(400));
         kafka.produce(&msgs[..200]).unwrap();
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Running, not starting: wait until it has committed offsets (a
+        // loaded machine can take longer than a few seconds to start).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while landfall::pipeline::committed_offsets(&cfg, "dms.sigterm", 4).map_or(true, |o| o.iter().all(|&o| o == 0)) {
+            assert!(Instant::now() < deadline, "the bridge committed nothing within 120 s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         proxy.set_persistent(Some(Fault::Delay { target: Target::Any, by: Duration::from_secs(600) }));
         kafka.produce(&msgs[200..]).unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -141,6 +147,58 @@ fn landfall_run_exits_on_sigterm_with_kafka_and_bigquery_both_gone() {
             took <= Duration::from_secs(4) + STOP_GRACE + Duration::from_secs(3),
             "exit took {took:?} after SIGTERM with shutdown_timeout 4s; log tail:\n{tail}"
         );
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// SIGTERM while `landfall run` is still starting, with BigQuery answering
+/// nothing: it exits within the bound instead of waiting for the table
+/// requests' timeout (30 s in this config; the previous code waited for it).
+#[test]
+fn landfall_run_exits_on_sigterm_while_starting_against_an_unreachable_bigquery() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_landfall"));
+        let work = tempfile::tempdir().unwrap();
+        let kafka = landfall::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigstart", 1).await.unwrap();
+        let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
+        proxy.set_persistent(Some(Fault::Delay { target: Target::Any, by: Duration::from_secs(600) }));
+        let text = landfall::demo::demo_config_toml(
+            &kafka.bootstrap,
+            &proxy.endpoint(),
+            &support::project(),
+            &support::unique_dataset("sigstart"),
+            &work.path().join("wal"),
+            &landfall::sim::tables(),
+        )
+        .replace("dms.sales", "dms.sigstart")
+        .replace("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nshutdown_timeout = \"4s\"");
+        let config = work.path().join("landfall.toml");
+        std::fs::write(&config, &text).unwrap();
+        let log = std::fs::File::create(work.path().join("bridge.log")).unwrap();
+        let mut bridge = tokio::process::Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(bridge.try_wait().unwrap().is_none(), "still starting (its first BigQuery request hangs)");
+        let t0 = Instant::now();
+        // SAFETY: sending a signal to our own child has no memory-safety preconditions.
+        unsafe {
+            libc::kill(bridge.id().unwrap() as i32, libc::SIGTERM);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await;
+        let took = t0.elapsed();
+        let bridge_log = std::fs::read_to_string(work.path().join("bridge.log")).unwrap_or_default();
+        let status = status.unwrap_or_else(|_| panic!("no exit 60 s after SIGTERM; log:\n{bridge_log}")).unwrap();
+        assert_eq!(status.code(), Some(0), "a clean exit: {status:?}\n{bridge_log}");
+        assert!(took <= Duration::from_secs(4) + STOP_GRACE, "exit took {took:?} after SIGTERM while starting; log:\n{bridge_log}");
+        kafka.stop().await;
     });
     rt.shutdown_timeout(Duration::from_secs(10));
 }
