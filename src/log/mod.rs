@@ -176,6 +176,24 @@ fn batch_number(k: &[u8]) -> Result<u64, WalError> {
     })
 }
 
+/// Opens the sled database. sled releases its file lock from a background
+/// thread after the last handle is dropped, so a handle of this process
+/// that was just closed (a `dlq replay` after the service stopped, a test
+/// reopening) may still hold it for a moment: the lock is tried again for up
+/// to two seconds. Another process holding it gets the error after that.
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
+            // sled reports it as kind Other: "could not acquire lock on ...".
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -250,7 +268,7 @@ impl Wal {
     /// own default is 1 GiB, which a bridge working through a large backlog
     /// would fill).
     pub fn open_with(path: &Path, cache_bytes: u64) -> Result<Wal, WalError> {
-        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
+        let db = open_db(path, cache_bytes)?;
         let tree = db.open_tree("landfall")?;
         match tree.get(META_FORMAT)? {
             None => {
