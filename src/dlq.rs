@@ -176,7 +176,7 @@ async fn ship_pending(
         Err(SinkError::Shutdown) => Err(PipelineError::Task("replay interrupted".into())),
         Ok(_) if Metrics::get(&this.dead_lettered) > 0 => {
             // Recorded again, under the same id, with BigQuery's new reason.
-            let again = wal.dead_letters().filter_map(Result::ok).find(|x| x.id == d.id).map(|x| x.reason);
+            let again = wal.dead_letter(d)?.map(|x| x.reason);
             Ok(Replayed::StillFailing { reason: again.unwrap_or_else(|| "BigQuery rejected a row again (see the new dead letter)".into()) })
         }
         Ok(_) => {

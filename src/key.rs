@@ -62,23 +62,13 @@ impl DedupKey {
         field(&mut h, c.schema.as_bytes());
         field(&mut h, c.table.as_bytes());
         field(&mut h, c.operation.as_bytes());
-        if c.has_transaction_details() {
-            h.update(b"T");
-            opt_field(&mut h, c.transaction_id.as_deref());
-            opt_field(&mut h, c.transaction_record_id.as_deref());
-            opt_field(&mut h, c.stream_position.as_deref());
-            opt_field(&mut h, c.commit_timestamp.as_deref());
-        } else {
-            h.update(b"K");
-            field(&mut h, c.timestamp.as_bytes());
-            opt_field(&mut h, c.commit_timestamp.as_deref());
-            opt_field(&mut h, c.stream_position.as_deref());
-            opt_field(&mut h, c.transaction_id.as_deref());
-            opt_field(&mut h, c.transaction_record_id.as_deref());
-            field(&mut h, at.topic.as_bytes());
-            h.update(&at.partition.to_be_bytes());
-            h.update(&at.offset.to_be_bytes());
-        }
+        let source = SourcePosition {
+            transaction_id: c.transaction_id.as_deref(),
+            transaction_record_id: c.transaction_record_id.as_deref(),
+            stream_position: c.stream_position.as_deref(),
+            commit_timestamp: c.commit_timestamp.as_deref(),
+        };
+        source.hash(&mut h, c.has_transaction_details(), |h| field(h, c.timestamp.as_bytes()), at);
         let mut buf = Vec::with_capacity(256);
         canonical_object(&mut buf, &c.data);
         field(&mut h, &buf);
@@ -106,23 +96,13 @@ impl DedupKey {
         opt_field(&mut h, c.schema.as_deref());
         opt_field(&mut h, c.table.as_deref());
         field(&mut h, c.operation.as_bytes());
-        if c.has_transaction_details() {
-            h.update(b"T");
-            opt_field(&mut h, c.transaction_id.as_deref());
-            opt_field(&mut h, c.transaction_record_id.as_deref());
-            opt_field(&mut h, c.stream_position.as_deref());
-            opt_field(&mut h, c.commit_timestamp.as_deref());
-        } else {
-            h.update(b"K");
-            opt_field(&mut h, c.timestamp.as_deref());
-            opt_field(&mut h, c.commit_timestamp.as_deref());
-            opt_field(&mut h, c.stream_position.as_deref());
-            opt_field(&mut h, c.transaction_id.as_deref());
-            opt_field(&mut h, c.transaction_record_id.as_deref());
-            field(&mut h, at.topic.as_bytes());
-            h.update(&at.partition.to_be_bytes());
-            h.update(&at.offset.to_be_bytes());
-        }
+        let source = SourcePosition {
+            transaction_id: c.transaction_id.as_deref(),
+            transaction_record_id: c.transaction_record_id.as_deref(),
+            stream_position: c.stream_position.as_deref(),
+            commit_timestamp: c.commit_timestamp.as_deref(),
+        };
+        source.hash(&mut h, c.has_transaction_details(), |h| opt_field(h, c.timestamp.as_deref()), at);
         DedupKey(*h.finalize().as_bytes())
     }
 
@@ -183,6 +163,40 @@ impl fmt::Debug for DedupKey {
 impl fmt::Display for DedupKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
+    }
+}
+
+/// What DMS says of where a change (or control record) stands in the source.
+struct SourcePosition<'a> {
+    transaction_id: Option<&'a str>,
+    transaction_record_id: Option<&'a str>,
+    stream_position: Option<&'a str>,
+    commit_timestamp: Option<&'a str>,
+}
+
+impl SourcePosition<'_> {
+    /// The identity rule shared by changes and control records: with
+    /// transaction details the source names the record; without them,
+    /// `timestamp` (written by the caller: a change always has one, a
+    /// control record may not) plus the Kafka coordinates.
+    fn hash(&self, h: &mut blake3::Hasher, transaction_details: bool, timestamp: impl FnOnce(&mut blake3::Hasher), at: &Coords) {
+        if transaction_details {
+            h.update(b"T");
+            opt_field(h, self.transaction_id);
+            opt_field(h, self.transaction_record_id);
+            opt_field(h, self.stream_position);
+            opt_field(h, self.commit_timestamp);
+        } else {
+            h.update(b"K");
+            timestamp(h);
+            opt_field(h, self.commit_timestamp);
+            opt_field(h, self.stream_position);
+            opt_field(h, self.transaction_id);
+            opt_field(h, self.transaction_record_id);
+            field(h, at.topic.as_bytes());
+            h.update(&at.partition.to_be_bytes());
+            h.update(&at.offset.to_be_bytes());
+        }
     }
 }
 

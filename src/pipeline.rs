@@ -28,8 +28,9 @@
 //! ship task has not ended reach `pipeline.max_inflight_bytes`. So those
 //! bytes never exceed `max_inflight_bytes` plus one message (gauge
 //! `inflight_bytes`, high-water mark `inflight_bytes_max`). Everything a batch
-//! holds (decoded rows, pending records, insertAll bodies) is a small multiple
-//! of its message bytes and is dropped when its ship task ends; the measured
+//! holds (its messages, kept for the dead letter of a row BigQuery refuses;
+//! decoded rows, pending records, insertAll bodies) is a small multiple of
+//! its message bytes and is dropped when its ship task ends; the measured
 //! peak RSS per in-flight byte is in docs/performance.md ("Memory"). A log row
 //! larger than `bigquery.max_request_bytes` can never be sent: its message is
 //! dead-lettered whole by [`plan`], before anything of it reaches the WAL.
@@ -854,6 +855,7 @@ pub fn committed_offsets(cfg: &Config, topic: &str, partitions: i32) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::row::COL_OP;
 
     /// BigQuery refusing every row (the dead-letter table's rows too).
     struct RefuseAll;
@@ -927,8 +929,6 @@ mod tests {
         assert_eq!((d.topic.as_str(), d.offset, d.message.is_none()), ("dms", 9, true));
         assert_eq!(d.row.as_ref().map(|r| (r.table.as_str(), r.key)), Some(("t_log", [3; 32])));
     }
-
-    use crate::decode::row::COL_OP;
 
     fn config() -> Config {
         Config::from_toml(

@@ -86,34 +86,11 @@ fn landfall_run_exits_on_sigterm_with_kafka_and_bigquery_both_gone() {
         let work = tempfile::tempdir().unwrap();
         let kafka = landfall::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigterm", 4).await.unwrap();
         let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
-        let dataset = support::unique_dataset("sigterm");
-        let text = landfall::demo::demo_config_toml(
-            &kafka.bootstrap,
-            &proxy.endpoint(),
-            &support::project(),
-            &dataset,
-            &work.path().join("wal"),
-            &landfall::sim::tables(),
-        )
-        .replace("dms.sales", "dms.sigterm")
-        .replace("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nshutdown_timeout = \"4s\"")
         // The merge timer runs, so a MERGE is waiting on BigQuery too.
-        .replace("interval = \"0s\"", "interval = \"1s\"");
-        let config = work.path().join("landfall.toml");
-        std::fs::write(&config, &text).unwrap();
+        let text = run_config(&kafka.bootstrap, &proxy, &work, "sigterm").replace("interval = \"0s\"", "interval = \"1s\"");
         let cfg = landfall::config::Config::from_toml(&text).unwrap();
         support::bigquery(&cfg).await;
-
-        let log = std::fs::File::create(work.path().join("bridge.log")).unwrap();
-        let mut bridge = tokio::process::Command::new(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut bridge = spawn_run(&exe, &work, &text);
         let mut sim = Simulator::new(33);
         let mut msgs = sim.full_load(50);
         msgs.extend(sim.changes(400));
@@ -132,14 +109,7 @@ fn landfall_run_exits_on_sigterm_with_kafka_and_bigquery_both_gone() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(bridge.try_wait().unwrap().is_none(), "the bridge is still running before SIGTERM");
 
-        let t0 = Instant::now();
-        // SAFETY: sending a signal to our own child has no memory-safety preconditions.
-        unsafe {
-            libc::kill(bridge.id().unwrap() as i32, libc::SIGTERM);
-        }
-        let status = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await;
-        let took = t0.elapsed();
-        let bridge_log = std::fs::read_to_string(work.path().join("bridge.log")).unwrap_or_default();
+        let (status, took, bridge_log) = sigterm(&mut bridge, &work).await;
         let tail: String = bridge_log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         let status = status.unwrap_or_else(|_| panic!("no exit 60 s after SIGTERM; log tail:\n{tail}")).unwrap();
         assert!(status.code().is_some(), "exited by itself, not killed: {status:?}");
@@ -163,42 +133,61 @@ fn landfall_run_exits_on_sigterm_while_starting_against_an_unreachable_bigquery(
         let kafka = landfall::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigstart", 1).await.unwrap();
         let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
         proxy.set_persistent(Some(Fault::Delay { target: Target::Any, by: Duration::from_secs(600) }));
-        let text = landfall::demo::demo_config_toml(
-            &kafka.bootstrap,
-            &proxy.endpoint(),
-            &support::project(),
-            &support::unique_dataset("sigstart"),
-            &work.path().join("wal"),
-            &landfall::sim::tables(),
-        )
-        .replace("dms.sales", "dms.sigstart")
-        .replace("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nshutdown_timeout = \"4s\"");
-        let config = work.path().join("landfall.toml");
-        std::fs::write(&config, &text).unwrap();
-        let log = std::fs::File::create(work.path().join("bridge.log")).unwrap();
-        let mut bridge = tokio::process::Command::new(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut bridge = spawn_run(&exe, &work, &run_config(&kafka.bootstrap, &proxy, &work, "sigstart"));
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(bridge.try_wait().unwrap().is_none(), "still starting (its first BigQuery request hangs)");
-        let t0 = Instant::now();
-        // SAFETY: sending a signal to our own child has no memory-safety preconditions.
-        unsafe {
-            libc::kill(bridge.id().unwrap() as i32, libc::SIGTERM);
-        }
-        let status = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await;
-        let took = t0.elapsed();
-        let bridge_log = std::fs::read_to_string(work.path().join("bridge.log")).unwrap_or_default();
+        let (status, took, bridge_log) = sigterm(&mut bridge, &work).await;
         let status = status.unwrap_or_else(|_| panic!("no exit 60 s after SIGTERM; log:\n{bridge_log}")).unwrap();
         assert_eq!(status.code(), Some(0), "a clean exit: {status:?}\n{bridge_log}");
         assert!(took <= Duration::from_secs(4) + STOP_GRACE, "exit took {took:?} after SIGTERM while starting; log:\n{bridge_log}");
         kafka.stop().await;
     });
     rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// The demo config for `landfall run` against `kafka` and BigQuery through
+/// `proxy`, on topic `dms.<name>`, with a 4 s `shutdown_timeout`.
+fn run_config(kafka: &str, proxy: &FaultProxy, work: &tempfile::TempDir, name: &str) -> String {
+    landfall::demo::demo_config_toml(
+        kafka,
+        &proxy.endpoint(),
+        &support::project(),
+        &support::unique_dataset(name),
+        &work.path().join("wal"),
+        &landfall::sim::tables(),
+    )
+    .replace("dms.sales", &format!("dms.{name}"))
+    .replace("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nshutdown_timeout = \"4s\"")
+}
+
+/// Starts `landfall run` with config `text`, logging to `bridge.log` in `work`.
+fn spawn_run(exe: &std::path::Path, work: &tempfile::TempDir, text: &str) -> tokio::process::Child {
+    let config = work.path().join("landfall.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(work.path().join("bridge.log")).unwrap();
+    tokio::process::Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM and waits up to 60 s: the exit (or the timeout), how long
+/// it took, and the bridge's log.
+async fn sigterm(
+    bridge: &mut tokio::process::Child,
+    work: &tempfile::TempDir,
+) -> (Result<std::io::Result<std::process::ExitStatus>, tokio::time::error::Elapsed>, Duration, String) {
+    let t0 = Instant::now();
+    // SAFETY: sending a signal to our own child has no memory-safety preconditions.
+    unsafe {
+        libc::kill(bridge.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await;
+    let took = t0.elapsed();
+    (status, took, std::fs::read_to_string(work.path().join("bridge.log")).unwrap_or_default())
 }

@@ -580,6 +580,18 @@ impl Wal {
         Ok(self.tree.get(dead_letter_key(b'r', d))?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
     }
 
+    /// The dead letter stored under `d`'s position and id, as recorded now
+    /// (a letter recorded again under the same id carries the newer reason).
+    pub fn dead_letter(&self, d: &DeadLetter) -> Result<Option<DeadLetter>, WalError> {
+        let key = dead_letter_key(b'd', d);
+        match self.tree.get(&key)? {
+            None => Ok(None),
+            Some(v) => record::decode::<DeadLetter>(&v)
+                .map(Some)
+                .map_err(|source| WalError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source }),
+        }
+    }
+
     /// Every dead letter recorded, in (topic, partition, offset) order.
     pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter, WalError>> + '_ {
         self.tree.scan_prefix([b'd']).map(|item| {
@@ -596,6 +608,10 @@ impl Wal {
         let mut n = 0;
         for item in self.tree.scan_prefix([b'd']) {
             let (k, v) = item?;
+            if v.first() != Some(&2) {
+                // Current format: nothing to rewrite (and nothing to decode on every open).
+                continue;
+            }
             let old = match record::decode_dead_letter(&v) {
                 Ok(record::AnyDeadLetter::V2(old)) => old,
                 Ok(record::AnyDeadLetter::Current(_)) => continue,
