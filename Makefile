@@ -6,8 +6,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WITH_EMULATOR := scripts/with-emulator.sh
 
-# Tests and drills run with the `drill` feature (failpoints, fault proxy,
-# out-of-process mock Kafka); production builds (`cargo build --release`) do not.
+# Tests and drills run with the `drill` feature (the harness of src/harness/
+# plus failpoints and the fault proxy); the demo and the benchmark with the
+# `harness` feature; production builds (`make build`, `cargo build --release`)
+# contain none of it.
 FEATURES := --features drill
 ROUNDS ?= 100
 
@@ -17,10 +19,12 @@ all: build
 
 build:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-	$(CARGO) build --bins
+	$(CARGO) build --release --bins
 
 # The whole pipeline on local parts (mock Kafka + BigQuery emulator), verified.
-demo: build
+demo:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	$(CARGO) build --features harness --bins
 	$(WITH_EMULATOR) target/debug/landfall demo
 
 # Unit, property and end-to-end tests (the latter against the emulator),
@@ -45,7 +49,7 @@ drill:
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS=--quick.
 bench:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --features harness --bins
 	@mkdir -p target/bench
 	$(WITH_EMULATOR) target/release/landfall bench --out target/bench/results.json $(BENCH_ARGS)
 

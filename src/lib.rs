@@ -19,32 +19,27 @@
 //! * [`pipeline`]: the driver that ties the stages together and owns the
 //!   ordering of durability steps (WAL flush -> insertAll -> landed flush -> commit).
 //! * [`config`], [`metrics`]: the TOML configuration and the counters.
-//! * [`failpoint`]: kill points for crash drills (feature `drill`).
-//! * [`bench`]: `landfall bench`, the benchmark harness (docs/performance.md);
-//!   [`mock_kafka`] is the out-of-process mock broker it and the drills use.
-//! * [`sim`]: a simulated source database (DMS messages plus the model of the
-//!   expected final state) and the verification against BigQuery, used by
-//!   `landfall demo` and the tests.
+//! * [`failpoint`]: kill points for crash drills (armed by feature `drill`).
+//!
+//! Beside the stages, behind the `harness` feature and never in a production
+//! build, is the `harness`: the demo, the simulated source database and its
+//! check, the out-of-process mock broker, the benchmark and the crash drills.
 //!
 //! The exactly-once argument lives in `docs/design.md`; every module that
 //! guards one of its invariants says so in its own docs.
 
-pub mod bench;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
-pub mod demo;
-pub mod dlq;
-#[cfg(feature = "drill")]
-pub mod drill;
 pub mod failpoint;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod key;
-pub mod log;
 pub mod merge;
 pub mod metrics;
-pub mod mock_kafka;
 pub mod pipeline;
 pub mod service;
-pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod table;
+pub mod wal;

@@ -1,4 +1,5 @@
-//! The `landfall` command line: a thin layer over the library.
+//! The `landfall` command line: a thin layer over the library, one library
+//! call per subcommand; the reports print themselves.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,15 +7,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use landfall::bench;
 use landfall::config::Config;
-use landfall::demo::{self, DemoOptions};
-use landfall::dlq;
-use landfall::merge::Merger;
-use landfall::metrics::Metrics;
-use landfall::mock_kafka;
-use landfall::service::Service;
-use landfall::sink::BigQuery;
+use landfall::dead_letter;
+#[cfg(feature = "harness")]
+use landfall::harness::{bench, demo, mock_kafka};
+use landfall::merge::command as merge_command;
+use landfall::service;
 
 #[derive(Parser)]
 #[command(name = "landfall", version, about = "Exactly-once CDC from Kafka (AWS DMS JSON) into BigQuery")]
@@ -136,6 +134,7 @@ enum Command {
         json: bool,
     },
     /// Serve a mock Kafka cluster for drills and benchmarks (internal).
+    #[cfg(feature = "harness")]
     #[command(hide = true)]
     MockKafka {
         /// `name` or `name:partitions`; repeatable.
@@ -152,6 +151,7 @@ enum Command {
     },
     /// Measure throughput, latency, memory, recovery and MERGE cost on local
     /// parts (docs/performance.md). `make bench` runs it against the emulator.
+    #[cfg(feature = "harness")]
     Bench {
         #[command(flatten)]
         opts: bench::BenchOptions,
@@ -166,6 +166,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Run the whole pipeline on local parts and verify the result.
+    #[cfg(feature = "harness")]
     Demo {
         /// BigQuery REST endpoint of the local emulator (`make demo` starts one).
         #[arg(long, env = "LANDFALL_BQ_ENDPOINT")]
@@ -188,17 +189,9 @@ enum Command {
         partitions: i32,
         /// Run the stream with DMS transaction details, without (DMS's
         /// default), or both one after the other.
-        #[arg(long, value_enum, default_value_t = Details::Both)]
-        transaction_details: Details,
+        #[arg(long, value_enum, default_value_t = demo::Details::Both)]
+        transaction_details: demo::Details,
     },
-}
-
-/// Whether simulated streams carry DMS transaction details.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Details {
-    On,
-    Off,
-    Both,
 }
 
 /// Logs go to stderr; `LANDFALL_LOG` takes an env-filter (e.g. `debug`).
@@ -214,24 +207,11 @@ fn init_logging(json: bool, default: &str) {
     }
 }
 
-/// SIGTERM and SIGINT, registered when created (so a signal that arrives
-/// while the service is still starting is not lost, nor fatal).
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
+fn status(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -245,116 +225,42 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = Arc::new(Config::load(&config)?);
             tracing::info!(config = ?cfg, "starting");
-            // Signals are caught from here on, also while starting up.
-            let mut signals = Signals::install()?;
-            // Starting talks to BigQuery (tables) and may wait a request
-            // timeout on an unreachable one: a signal meanwhile ends the
-            // start at once. Nothing has been consumed or acknowledged yet,
-            // and every WAL write so far was durable on its own.
-            let service = tokio::select! {
-                started = Service::start(cfg) => started?,
-                _ = signals.recv() => {
-                    tracing::info!("signal received while starting; nothing was consumed: exiting");
-                    std::process::exit(0);
-                }
-            };
-            let summary = service.metrics.clone();
-            tokio::select! {
-                _ = signals.recv() => tracing::info!("signal received; shutting down"),
-                _ = wait_finished(&service) => tracing::error!("the pipeline stopped on its own"),
-            }
-            let stopped = service.stop().await?;
-            summary.log_summary();
-            tracing::info!(?stopped, "stopped");
+            let end = service::run_until_signal(cfg).await?;
             // Exit now rather than through the runtime's drop, which would
             // wait for blocking work that may hang on an unreachable peer
             // (closing the Kafka consumer): everything acknowledged is durable.
-            std::process::exit(if stopped == landfall::pipeline::Stopped::Abandoned { 3 } else { 0 });
+            std::process::exit(end.exit_code());
         }
         Command::Merge { config, full, table } => {
-            let cfg = Arc::new(Config::load(&config)?);
-            let bq = BigQuery::connect(&cfg.bigquery).await?;
-            let (_tx, rx) = tokio::sync::watch::channel(false);
-            let merger = Merger::new(bq, cfg.clone(), Arc::new(Metrics::default()), rx);
-            let mut failed = false;
-            for t in cfg.tables.iter().filter(|t| table.as_ref().is_none_or(|n| n == &t.final_table)) {
-                match merger.merge_table(t, full).await {
-                    Ok(r) if r.paused_by_drop.is_some() => {
-                        eprintln!(
-                            "{}: PAUSED: its source table was dropped ({} rows deleted now); run `landfall ddl resume --table {}` once it is re-created or removed",
-                            r.table, r.truncated_rows, r.table
-                        );
-                        failed = true;
-                    }
-                    Ok(r) => println!("{}: {} rows changed", r.table, r.affected_rows),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            let run = merge_command::merge_now(&Arc::new(Config::load(&config)?), full, table.as_deref()).await?;
+            run.print();
+            Ok(status(!run.failed()))
         }
         Command::Ddl { config, action: DdlAction::Resume { table } } => {
-            let cfg = Arc::new(Config::load(&config)?);
-            let Some(t) = cfg.tables.iter().find(|t| t.final_table == table) else {
-                eprintln!("no [[tables]] entry has final_table = {table:?}");
-                return Ok(ExitCode::FAILURE);
-            };
-            let bq = BigQuery::connect(&cfg.bigquery).await?;
-            let (_tx, rx) = tokio::sync::watch::channel(false);
-            let merger = Merger::new(bq, cfg.clone(), Arc::new(Metrics::default()), rx);
-            match merger.resume_table(t).await? {
-                Some(dropped) => println!("{table}: resumed after the drop at {dropped}; the next merge applies the changes after it"),
-                None => println!("{table}: not paused (no drop-table waits for a resume)"),
+            match merge_command::resume(&Arc::new(Config::load(&config)?), &table).await {
+                Ok(resumed) => println!("{resumed}"),
+                Err(e @ merge_command::ResumeError::NoSuchTable(_)) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { config, action } => {
             let cfg = Config::load(&config)?;
-            let wal = landfall::log::Wal::open(&cfg.wal.path)?;
             match action {
-                DlqAction::List => {
-                    let mut n = 0;
-                    for d in wal.dead_letters() {
-                        let d = d?;
-                        n += 1;
-                        let state = if wal.replayed_at(&d)?.is_some() { "replayed" } else { "open" };
-                        let size = d.message.as_ref().map_or_else(|| "message not kept".to_owned(), |m| format!("{} bytes", m.value_len));
-                        println!("{}\t{}\t{size}\t{state}\t{}", dlq::id(&d), d.stage.name(), d.reason);
-                    }
-                    println!("{n} dead letter(s)");
-                }
-                DlqAction::Show { id } => {
-                    let found: Vec<_> =
-                        wal.dead_letters().filter(|d| d.as_ref().map_or(true, |d| dlq::names(&id, d))).collect::<Result<_, _>>()?;
-                    anyhow::ensure!(!found.is_empty(), "no dead letter {id} (see `landfall dlq list`)");
-                    for d in found {
-                        show_dead_letter(&wal, &d)?;
-                    }
-                }
+                DlqAction::List => print!("{}", dead_letter::Listing::read(&landfall::wal::Wal::open(&cfg.wal.path)?)?),
+                DlqAction::Show { id } => print!("{}", dead_letter::Shown::read(&landfall::wal::Wal::open(&cfg.wal.path)?, &id)?),
                 DlqAction::Replay { ids, all } => {
-                    anyhow::ensure!(all || !ids.is_empty(), "name dead letters to replay, or pass --all");
-                    let bq = BigQuery::connect(&cfg.bigquery).await?;
-                    bq.ensure_all(&cfg).await?;
-                    let metrics = Arc::new(Metrics::default());
-                    let (_abort, rx) = tokio::sync::watch::channel(false);
-                    let sink: Arc<dyn landfall::sink::Sink> =
-                        Arc::new(landfall::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
-                    let results = dlq::replay(&cfg, &wal, &sink, &metrics, |d| all || ids.iter().any(|n| dlq::names(n, d))).await?;
-                    let mut failing = 0;
-                    for (id, r) in &results {
-                        println!("{id}\t{r:?}");
-                        failing += usize::from(matches!(r, dlq::Replayed::StillFailing { .. }));
-                    }
-                    println!("{} replayed, {failing} still failing", results.len() - failing);
-                    if failing > 0 {
-                        return Ok(ExitCode::FAILURE);
-                    }
+                    let report = dead_letter::replay_command(&cfg, &ids, all).await?;
+                    print!("{report}");
+                    return Ok(status(report.still_failing() == 0));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "harness")]
         Command::MockKafka { topic, partitions, rebalance_delay_ms, ready_file } => {
             let topics =
                 topic.iter().map(|t| mock_kafka::parse_topic(t, partitions)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
@@ -378,15 +284,10 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let seed = seed.unwrap_or_else(rand::random);
-            let emulator = match endpoint {
-                Some(_) => None,
-                None => Some(landfall::drill::emulator::Emulator::start().await?),
-            };
-            let endpoint = endpoint.or_else(|| emulator.as_ref().map(|e| e.endpoint.clone())).unwrap_or_default();
             if !json {
                 println!("landfall drill: seed {seed} (replay with --seed {seed}), {rounds} kill rounds");
             }
-            let report = landfall::drill::run(landfall::drill::DrillOptions {
+            let report = landfall::harness::drill::run(landfall::harness::drill::DrillOptions {
                 endpoint,
                 project,
                 seed,
@@ -402,30 +303,14 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 exe: std::env::current_exe()?,
             })
             .await?;
-            drop(emulator);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", report.table_report);
-                println!(
-                    "\nkills: {} (failpoints hit: {:?}, missed: {:?}), takeover: {}, graceful shutdown: {}",
-                    report.kills, report.failpoints_hit, report.failpoints_missed, report.takeover, report.graceful_shutdown_ok
-                );
-                println!(
-                    "changes: {} ({} messages with duplicates); duplicates absorbed by the WAL: {}, by the MERGE: {}",
-                    report.changes_produced,
-                    report.messages_produced,
-                    report.duplicates_absorbed_by_wal,
-                    report.duplicates_absorbed_by_merge
-                );
-                println!(
-                    "lost: {}, duplicate rows in final tables: {}, elapsed {:.0}s",
-                    report.lost, report.duplicate_rows_in_final, report.elapsed_seconds
-                );
-                println!("{} (seed {seed}; work files: {})", if report.verified { "VERIFIED" } else { "FAILED" }, report.work_dir);
+                print!("{report}");
             }
-            Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(status(report.verified))
         }
+        #[cfg(feature = "harness")]
         Command::Bench { mut opts, quick, json, out } => {
             opts.exe = std::env::current_exe()?;
             if quick {
@@ -444,13 +329,9 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "harness")]
         Command::Demo { endpoint, project, dataset, seed, load_rows, changes, duplicate_rate, partitions, transaction_details } => {
-            let transaction_details = match transaction_details {
-                Details::Both => None,
-                Details::On => Some(true),
-                Details::Off => Some(false),
-            };
-            let ok = demo::run(DemoOptions {
+            let ok = demo::run(demo::DemoOptions {
                 endpoint,
                 project,
                 dataset,
@@ -459,29 +340,24 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
                 changes,
                 duplicate_rate,
                 partitions,
-                transaction_details,
+                transaction_details: transaction_details.runs(),
             })
             .await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(status(ok))
         }
-    }
-}
-
-async fn wait_finished(service: &Service) {
-    while !service.is_finished() {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own report; its logs are only warnings unless asked.
+    // The harness commands print their own reports; their logs are only
+    // warnings unless asked.
     let quiet = match &cli.command {
-        Command::Demo { .. } | Command::Bench { .. } => true,
+        #[cfg(feature = "harness")]
+        Command::Demo { .. } | Command::Bench { .. } | Command::MockKafka { .. } => true,
         #[cfg(feature = "drill")]
         Command::Drill { .. } => true,
-        Command::MockKafka { .. } => true,
         _ => false,
     };
     let default = if quiet { "warn" } else { "info,librdkafka=warn,rdkafka=warn" };
@@ -493,37 +369,4 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Prints one dead letter for `landfall dlq show`.
-fn show_dead_letter(wal: &landfall::log::Wal, d: &landfall::log::DeadLetter) -> anyhow::Result<()> {
-    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
-        Ok(t) => t.to_owned(),
-        Err(_) => format!("(not UTF-8; first bytes) {:02x?}", &bytes[..bytes.len().min(256)]),
-    };
-    println!("id: {}\nstage: {}\nreason: {}\nrecorded at (ms): {}", dlq::id(d), d.stage.name(), d.reason, d.at_ms);
-    if let Some(at) = wal.replayed_at(d)? {
-        println!("replayed at (ms): {at}");
-    }
-    match &d.message {
-        None => println!("message: not kept (a row refused when re-shipped after a restart)"),
-        Some(m) => {
-            println!("message timestamp (ms): {}", m.timestamp_ms.map_or("none".into(), |t| t.to_string()));
-            println!("message key: {}", m.key.as_deref().map_or("none".into(), text));
-            for (name, v) in &m.headers {
-                println!("header {name}: {}", v.as_deref().map_or("null".into(), text));
-            }
-            if m.has_value {
-                println!("value: {} bytes, blake3 {}", m.value_len, blake3::Hash::from(m.value_hash).to_hex());
-                println!("{}", text(&m.value_prefix));
-            } else {
-                println!("value: none (a Kafka tombstone)");
-            }
-        }
-    }
-    if let Some(r) = &d.row {
-        println!("refused row for {}:\n{}", if r.table.is_empty() { "(table not recorded)" } else { &r.table }, text(&r.json));
-    }
-    println!();
-    Ok(())
 }

@@ -1,7 +1,9 @@
 //! The running service: the bridge pipeline plus the periodic merge.
 //!
-//! `landfall run` is [`Service::start`], a wait for SIGTERM/SIGINT, and
-//! [`Service::stop`]. The demo and the tests use the same calls.
+//! `landfall run` is [`run_until_signal`]: [`Service::start`], a wait for
+//! SIGTERM/SIGINT or for the pipeline to end on its own
+//! ([`Service::finished`]), and [`Service::stop`]. The demo and the tests use
+//! the same calls.
 
 use std::sync::Arc;
 
@@ -9,16 +11,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, SinkKind};
-use crate::log::Wal;
 use crate::merge::Merger;
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pipeline::{self, PipelineError, Stopped};
 use crate::sink::{BigQuery, BigQuerySink, DiscardSink, Sink};
+use crate::wal::Wal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Wal(#[from] crate::log::WalError),
+    Wal(#[from] crate::wal::WalError),
     #[error(transparent)]
     Client(#[from] crate::sink::client::ClientError),
     #[error(transparent)]
@@ -31,6 +33,8 @@ pub struct Service {
     pub wal: Wal,
     shutdown: watch::Sender<bool>,
     pipeline: JoinHandle<Result<Stopped, PipelineError>>,
+    /// Becomes true when the pipeline task ends (or is dropped, if it panics).
+    finished: watch::Receiver<bool>,
     /// The periodic merge (none with the discard sink).
     merge_task: Option<JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
@@ -64,13 +68,27 @@ impl Service {
             }
         };
         let shutdown_timeout = cfg.pipeline.shutdown_timeout;
-        let pipeline = tokio::spawn(pipeline::run(cfg, wal.clone(), sink, metrics.clone(), shutdown_rx, abort));
-        Ok(Service { metrics, wal, shutdown, pipeline, merge_task, shutdown_timeout })
+        let (finished_tx, finished) = watch::channel(false);
+        let run = pipeline::run(cfg, wal.clone(), sink, metrics.clone(), shutdown_rx, abort);
+        let pipeline = tokio::spawn(async move {
+            let stopped = run.await;
+            let _ = finished_tx.send(true);
+            stopped
+        });
+        Ok(Service { metrics, wal, shutdown, pipeline, finished, merge_task, shutdown_timeout })
     }
 
     /// True once the pipeline has stopped (e.g. on a fatal error).
     pub fn is_finished(&self) -> bool {
         self.pipeline.is_finished()
+    }
+
+    /// Resolves when the pipeline stops on its own (a fatal error); [`stop`](Self::stop)
+    /// then returns why.
+    pub async fn finished(&self) {
+        let mut finished = self.finished.clone();
+        // An error means the task ended without sending (it panicked): finished too.
+        let _ = finished.wait_for(|done| *done).await;
     }
 
     /// Stops consuming, lands what is in flight, commits, and waits: at most
@@ -104,10 +122,90 @@ impl Service {
     }
 }
 
+/// How [`run_until_signal`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// A signal arrived while starting (creating tables, which may wait a
+    /// request timeout on an unreachable BigQuery): nothing had been
+    /// consumed or acknowledged, and every WAL write was durable on its own.
+    SignalWhileStarting,
+    /// A signal asked the running service to stop.
+    Signalled(Stopped),
+    /// The pipeline stopped on its own (a fatal error, logged).
+    PipelineEnded(Stopped),
+}
+
+impl RunEnd {
+    /// The process exit status: 3 when the stop had to abandon work in
+    /// flight (nothing unfinished was acknowledged), 0 otherwise.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunEnd::Signalled(Stopped::Abandoned) | RunEnd::PipelineEnded(Stopped::Abandoned) => 3,
+            _ => 0,
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, registered when created (so a signal that arrives
+/// while the service is still starting is not lost, nor fatal).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Why `landfall run` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[from] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// `landfall run`: starts the service and runs it until SIGTERM or SIGINT
+/// (or until the pipeline stops on its own), then stops it, logging the
+/// counters' summary. Signals are caught from the start, also while starting.
+pub async fn run_until_signal(cfg: Arc<Config>) -> Result<RunEnd, RunError> {
+    let mut signals = Signals::install()?;
+    let service = tokio::select! {
+        started = Service::start(cfg) => started?,
+        _ = signals.recv() => {
+            tracing::info!("signal received while starting; nothing was consumed: exiting");
+            return Ok(RunEnd::SignalWhileStarting);
+        }
+    };
+    let signalled = tokio::select! {
+        _ = signals.recv() => { tracing::info!("signal received; shutting down"); true }
+        _ = service.finished() => { tracing::error!("the pipeline stopped on its own"); false }
+    };
+    let summary = service.metrics.clone();
+    let stopped = service.stop().await?;
+    summary.log_summary();
+    tracing::info!(?stopped, "stopped");
+    Ok(if signalled { RunEnd::Signalled(stopped) } else { RunEnd::PipelineEnded(stopped) })
+}
+
 /// Refuses to start when a setting the WAL's keys or the tables' ordering
 /// values depend on changed since they were written (docs/design.md,
 /// "Ordering": two orderings are never compared).
-pub fn pin_settings(wal: &Wal, cfg: &Config) -> Result<(), crate::log::WalError> {
+pub fn pin_settings(wal: &Wal, cfg: &Config) -> Result<(), crate::wal::WalError> {
     for t in &cfg.tables {
         wal.pin_setting(&format!("order_by:{}", t.final_table), t.order_by().name())?;
     }

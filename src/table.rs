@@ -3,7 +3,19 @@
 //! dead-letter table). Decode builds log rows with these columns, the sink
 //! creates the tables, the merge reads them: one definition for all three.
 
+use serde_json::{Map, Value};
+
 use crate::decode::ident::Quoted;
+use crate::key::DedupKey;
+
+/// A row of a CDC log table, keyed by its dedup key (also its insertId):
+/// what decode builds, the WAL keeps pending, and the sink ships.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub key: DedupKey,
+    /// Every column but `_landfall_ingested`, which is stamped per send attempt.
+    pub json: Map<String, Value>,
+}
 
 /// Log-table bookkeeping columns (every log row has them; the source
 /// columns follow as configured).

@@ -9,11 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall::demo::run_until_caught_up;
-use landfall::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::demo::run_until_caught_up;
+use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::sim::Simulator;
 use landfall::merge::Merger;
 use landfall::metrics::Metrics;
-use landfall::sim::Simulator;
 
 /// The emulator's base URL without the `/bigquery/v2` suffix.
 fn upstream() -> String {

@@ -11,10 +11,10 @@
 
 mod support;
 
-use landfall::demo::merger;
+use landfall::harness::demo::merger;
 use landfall::metrics::Metrics;
 use landfall::pipeline::{plan, Msg, Plan};
-use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, LogRow, RowOutcome, Sink};
 
 /// A DMS message for `sales.widgets` at binlog position `position`.
 fn change(op: &str, id: i64, label: &str, position: u64) -> Vec<u8> {
@@ -52,7 +52,7 @@ impl Harness {
     /// Plans each message as the bridge does (each at the next offset) and
     /// lands the log rows it yields.
     async fn land(&mut self, messages: &[Vec<u8>]) {
-        let mut groups: Vec<(String, Vec<ShipRow>)> = Vec::new();
+        let mut groups: Vec<(String, Vec<LogRow>)> = Vec::new();
         for payload in messages {
             self.offset += 1;
             let msg = Msg {
@@ -67,8 +67,8 @@ impl Harness {
                 Plan::Rows(rows) => {
                     for (table, r) in rows {
                         match groups.iter_mut().find(|(t, _)| *t == table) {
-                            Some((_, v)) => v.push(ShipRow { key: r.key, json: r.json }),
-                            None => groups.push((table, vec![ShipRow { key: r.key, json: r.json }])),
+                            Some((_, v)) => v.push(r),
+                            None => groups.push((table, vec![r])),
                         }
                     }
                 }

@@ -8,11 +8,11 @@ mod support;
 use std::time::Duration;
 
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
-use landfall::demo::{merger, run_until_caught_up, LocalKafka};
-use landfall::log::{Stage, Wal};
+use landfall::harness::demo::{merger, run_until_caught_up, LocalKafka};
+use landfall::harness::sim::{verify, Simulator};
 use landfall::metrics::Metrics;
-use landfall::sim::{verify, Simulator};
 use landfall::sink::schema::log_table_fields;
+use landfall::wal::{Stage, Wal};
 
 fn widget(id: i64, label: &str, micros: u32) -> Vec<u8> {
     format!(
@@ -134,13 +134,16 @@ async fn dead_letters_are_replayed_after_the_config_is_fixed() {
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink: std::sync::Arc<dyn landfall::sink::Sink> =
         std::sync::Arc::new(landfall::sink::BigQuerySink::new(bq.clone(), &fixed.bigquery, rx, metrics.clone()));
-    let results = landfall::dlq::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
+    let results = landfall::dead_letter::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
     assert_eq!(results.len(), 2);
-    assert_eq!(results[0].1, landfall::dlq::Replayed::Landed { rows: 1 }, "{results:?}");
-    assert!(matches!(&results[1].1, landfall::dlq::Replayed::StillFailing { reason } if reason.contains("not valid JSON")), "{results:?}");
+    assert_eq!(results[0].1, landfall::dead_letter::Replayed::Landed { rows: 1 }, "{results:?}");
+    assert!(
+        matches!(&results[1].1, landfall::dead_letter::Replayed::StillFailing { reason } if reason.contains("not valid JSON")),
+        "{results:?}"
+    );
     // A second replay does not ship it again.
-    let again = landfall::dlq::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
-    assert_eq!(again[0].1, landfall::dlq::Replayed::AlreadyReplayed);
+    let again = landfall::dead_letter::replay(&fixed, &wal, &sink, &metrics, |_| true).await.unwrap();
+    assert_eq!(again[0].1, landfall::dead_letter::Replayed::AlreadyReplayed);
     drop(wal);
 
     for r in merger(&bq, &fixed).merge_all(false).await {
@@ -161,13 +164,13 @@ fn widget_at(op: &str, id: i64, label: &str, second: u32) -> Vec<u8> {
 async fn replay_all(
     cfg: &std::sync::Arc<landfall::config::Config>,
     bq: &landfall::sink::BigQuery,
-) -> Vec<(String, landfall::dlq::Replayed)> {
+) -> Vec<(String, landfall::dead_letter::Replayed)> {
     let wal = Wal::open(&cfg.wal.path).unwrap();
     let metrics = std::sync::Arc::new(Metrics::default());
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink: std::sync::Arc<dyn landfall::sink::Sink> =
         std::sync::Arc::new(landfall::sink::BigQuerySink::new(bq.clone(), &cfg.bigquery, rx, metrics.clone()));
-    landfall::dlq::replay(cfg, &wal, &sink, &metrics, |_| true).await.unwrap()
+    landfall::dead_letter::replay(cfg, &wal, &sink, &metrics, |_| true).await.unwrap()
 }
 
 /// Issue 10, item 1: rows BigQuery refused are re-driven from their original
@@ -218,8 +221,8 @@ async fn rows_refused_by_bigquery_are_replayed_after_the_table_is_fixed_and_merg
 
     let results = replay_all(&cfg, &bq).await;
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|(_, r)| *r == landfall::dlq::Replayed::Landed { rows: 1 }), "{results:?}");
-    assert!(replay_all(&cfg, &bq).await.iter().all(|(_, r)| *r == landfall::dlq::Replayed::AlreadyReplayed));
+    assert!(results.iter().all(|(_, r)| *r == landfall::dead_letter::Replayed::Landed { rows: 1 }), "{results:?}");
+    assert!(replay_all(&cfg, &bq).await.iter().all(|(_, r)| *r == landfall::dead_letter::Replayed::AlreadyReplayed));
     for r in merger(&bq, &cfg).merge_all(false).await {
         r.unwrap();
     }

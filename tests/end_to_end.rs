@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::{merger, run_until_caught_up};
+use landfall::harness::demo::{merger, run_until_caught_up};
+use landfall::harness::sim::{verify, Simulator};
 use landfall::metrics::Metrics;
-use landfall::sim::{verify, Simulator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() {
@@ -57,10 +57,10 @@ async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() 
 /// re-published ranges and the bad messages the stream was built with; the
 /// final tables must equal the source (0 missing, 0 extra, 0 differing) and
 /// the dead-letter table must hold exactly the bad messages.
-async fn oracle_run(name: &str, seed: u64, opts: landfall::sim::SimOptions, no_insert_id_dedup: bool) {
-    use landfall::drill::proxy::{Fault, FaultProxy, Target};
-    let opts = landfall::sim::SimOptions { dead_letters: true, every_type: true, ..opts };
-    let tables = landfall::sim::tables_for(&opts);
+async fn oracle_run(name: &str, seed: u64, opts: landfall::harness::sim::SimOptions, no_insert_id_dedup: bool) {
+    use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+    let opts = landfall::harness::sim::SimOptions { dead_letters: true, every_type: true, ..opts };
+    let tables = landfall::harness::sim::tables_for(&opts);
     let proxy = if no_insert_id_dedup {
         let upstream = support::endpoint().trim_end_matches("/bigquery/v2").to_owned();
         let p = FaultProxy::start(&upstream).await.unwrap();
@@ -113,20 +113,26 @@ async fn oracle_run(name: &str, seed: u64, opts: landfall::sim::SimOptions, no_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_every_type_and_transaction_shape_without_transaction_details() {
-    oracle_run("oracle_plain", 101, landfall::sim::SimOptions::without_transaction_details(), false).await;
+    oracle_run("oracle_plain", 101, landfall::harness::sim::SimOptions::without_transaction_details(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_every_type_and_transaction_shape_with_transaction_details_ordered_by_lsn() {
-    oracle_run("oracle_lsn", 102, landfall::sim::SimOptions::ordered_by(landfall::sim::PositionFormat::Postgresql), false).await;
+    oracle_run(
+        "oracle_lsn",
+        102,
+        landfall::harness::sim::SimOptions::ordered_by(landfall::harness::sim::PositionFormat::Postgresql),
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_through_an_endpoint_that_never_dedups_insert_ids() {
-    oracle_run("oracle_nodedup", 103, landfall::sim::SimOptions::without_transaction_details(), true).await;
+    oracle_run("oracle_nodedup", 103, landfall::harness::sim::SimOptions::without_transaction_details(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_with_transaction_details_ordered_by_timestamp() {
-    oracle_run("oracle_txts", 104, landfall::sim::SimOptions::default(), false).await;
+    oracle_run("oracle_txts", 104, landfall::harness::sim::SimOptions::default(), false).await;
 }

@@ -10,10 +10,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use landfall::drill::proxy::{Fault, FaultProxy, ProxyStats, Target};
+use landfall::harness::drill::proxy::{Fault, FaultProxy, ProxyStats, Target};
 use landfall::key::DedupKey;
 use landfall::metrics::Metrics;
-use landfall::sink::insert::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::insert::{BigQuerySink, LogRow, RowOutcome, Sink};
 use serde_json::{Map, Value};
 
 const LOG: &str = "widgets_log";
@@ -41,7 +41,7 @@ async fn fixture(name: &str) -> Fixture {
 }
 
 /// `n` widget rows for the log table, with distinct keys.
-fn rows(seed: u8, n: usize) -> Vec<ShipRow> {
+fn rows(seed: u8, n: usize) -> Vec<LogRow> {
     (0..n)
         .map(|i| {
             let mut k = [seed; 32];
@@ -52,13 +52,13 @@ fn rows(seed: u8, n: usize) -> Vec<ShipRow> {
             json.insert("_landfall_op".into(), Value::String("upsert".into()));
             json.insert("id".into(), Value::from(i as i64));
             json.insert("label".into(), Value::String(format!("w{i}")));
-            ShipRow { key, json }
+            LogRow { key, json }
         })
         .collect()
 }
 
 impl Fixture {
-    async fn ship(&self, rows: &[ShipRow]) -> Vec<RowOutcome> {
+    async fn ship(&self, rows: &[LogRow]) -> Vec<RowOutcome> {
         // Bounded: today's code retried some of these answers forever.
         tokio::time::timeout(Duration::from_secs(60), self.sink.ship(LOG, rows))
             .await
@@ -67,7 +67,7 @@ impl Fixture {
     }
 
     /// (rows, distinct keys) of the log table, and whether its keys are exactly those of `rows`.
-    async fn log_holds(&self, rows: &[ShipRow]) -> (i64, i64, bool) {
+    async fn log_holds(&self, rows: &[LogRow]) -> (i64, i64, bool) {
         let table = self.stack.table(LOG);
         let n = support::scalar(&self.stack.bq, &format!("SELECT COUNT(*) FROM {table}")).await;
         let distinct = support::scalar(&self.stack.bq, &format!("SELECT COUNT(DISTINCT `_landfall_key`) FROM {table}")).await;

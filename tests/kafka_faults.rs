@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::wait_caught_up;
+use landfall::harness::demo::wait_caught_up;
+use landfall::harness::sim::Simulator;
 use landfall::service::Service;
-use landfall::sim::Simulator;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

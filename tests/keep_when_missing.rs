@@ -8,9 +8,9 @@ mod support;
 
 use landfall::decode::row::{build, Coords};
 use landfall::decode::{dms, Decoded};
-use landfall::demo::merger;
+use landfall::harness::demo::merger;
 use landfall::metrics::Metrics;
-use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, LogRow, RowOutcome, Sink};
 
 const DOCS: &str = r#"
 [[tables]]
@@ -45,10 +45,9 @@ async fn keep_columns_survive_updates_that_leave_them_out() {
     let mut ship = |payload: Vec<u8>| {
         offset += 1;
         let Decoded::Row(c) = dms::decode(&payload, "before-image").unwrap() else { panic!() };
-        let r = build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset }).unwrap().remove(0);
-        ShipRow { key: r.key, json: r.json }
+        build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset }).unwrap().remove(0)
     };
-    let land_and_merge = |rows: Vec<ShipRow>| {
+    let land_and_merge = |rows: Vec<LogRow>| {
         let (sink, merger, route) = (&sink, &merger, &route);
         async move {
             assert_eq!(sink.ship(&route.log_table, &rows).await.unwrap(), vec![RowOutcome::Landed; rows.len()]);

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use landfall::decode::dms::CONTROL_OPERATIONS;
-use landfall::demo::run_until_caught_up;
+use landfall::harness::demo::run_until_caught_up;
+use landfall::harness::sim::Simulator;
 use landfall::metrics::Metrics;
-use landfall::sim::Simulator;
 
 fn corpus() -> Vec<(String, Vec<u8>, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/malformed");

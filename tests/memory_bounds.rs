@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use landfall::demo::{demo_config_for, LocalKafka};
-use landfall::log::Wal;
+use landfall::harness::demo::{demo_config_for, LocalKafka};
 use landfall::metrics::{Metrics, SharedMetrics};
 use landfall::pipeline::{self, Stopped};
-use landfall::sink::{RowOutcome, ShipRow, Sink, SinkError};
+use landfall::sink::{LogRow, RowOutcome, Sink, SinkError};
+use landfall::wal::Wal;
 
 /// Lands every row after `delay`, keeping the most rows it held at once and
 /// the most rows of one call.
@@ -32,7 +32,7 @@ struct SlowSink {
 
 #[async_trait]
 impl Sink for SlowSink {
-    async fn ship(&self, _table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError> {
+    async fn ship(&self, _table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
         let now = self.holding.fetch_add(rows.len(), SeqCst) + rows.len();
         self.max_holding.fetch_max(now, SeqCst);
         self.max_per_call.fetch_max(rows.len(), SeqCst);
@@ -55,7 +55,7 @@ struct Run {
 /// committed, and stops it.
 async fn run(name: &str, messages: usize, text_bytes: usize, partitions: i32, batch_max_bytes: usize, max_inflight_bytes: usize) -> Run {
     let kafka = LocalKafka::start(name, partitions).unwrap();
-    let msgs: Vec<_> = (0..messages as i64).map(|i| landfall::sim::large_text_change(i + 1, text_bytes)).collect();
+    let msgs: Vec<_> = (0..messages as i64).map(|i| landfall::harness::sim::large_text_change(i + 1, text_bytes)).collect();
     let largest = msgs.iter().map(|m| m.payload.len()).max().unwrap();
     // The mock broker keeps ~5 MiB per partition: stay well under it.
     assert!(largest * messages / partitions as usize <= 3 * 1024 * 1024, "too much data per mock partition");
@@ -70,7 +70,7 @@ async fn run(name: &str, messages: usize, text_bytes: usize, partitions: i32, ba
         "unused",
         &dir.path().join("wal"),
         name,
-        &landfall::sim::tables(),
+        &landfall::harness::sim::tables(),
     )
     .unwrap();
     // Only the byte bounds limit the batches here.

@@ -6,10 +6,10 @@ mod support;
 
 use landfall::decode::row::{build, Coords, COL_KEY};
 use landfall::decode::{dms, Decoded};
-use landfall::demo::merger;
+use landfall::harness::demo::merger;
 use landfall::key::DedupKey;
 use landfall::metrics::Metrics;
-use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, LogRow, RowOutcome, Sink};
 
 fn change(op: &str, id: i64, label: &str, position: u64) -> Vec<u8> {
     format!(
@@ -39,7 +39,7 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
         let Decoded::Row(c) = dms::decode(&payload, "before-image").unwrap() else { panic!() };
         let mut rows = build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset }).unwrap();
         let r = rows.remove(0);
-        ShipRow { key: insert_id.unwrap_or(r.key), json: r.json }
+        LogRow { key: insert_id.unwrap_or(r.key), json: r.json }
     };
     let final_rows = || async { support::rows(bq, &format!("SELECT id, label FROM {} ORDER BY id", stack.table("widgets"))).await };
     let row = |id: &str, label: &str| vec![Some(id.to_owned()), Some(label.to_owned())];

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use landfall::decode::row::{build, Coords};
 use landfall::decode::{dms, Decoded};
-use landfall::demo::merger;
+use landfall::harness::demo::merger;
 use landfall::metrics::Metrics;
-use landfall::sink::{BigQuerySink, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, LogRow, Sink};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
@@ -59,7 +59,7 @@ async fn merged_state_equals_source_order_whatever_the_delivery() {
     for (n, (changes, shuffle_seed, dups, chunks)) in cases.into_iter().enumerate() {
         // The model: apply in source order.
         let mut model: BTreeMap<i64, String> = BTreeMap::new();
-        let mut rows: Vec<ShipRow> = Vec::new();
+        let mut rows: Vec<LogRow> = Vec::new();
         for (pos, c) in changes.iter().enumerate() {
             match c {
                 Change::Upsert(k, v) => model.insert(*k + 100 * n as i64, format!("v{v}")),
@@ -73,7 +73,7 @@ async fn merged_state_equals_source_order_whatever_the_delivery() {
             let Decoded::Row(ch) = dms::decode(&payload(&shifted, pos + 1), "before-image").unwrap() else { panic!() };
             let partition = (pos % 3) as i32;
             let r = build(&ch, &route, &Coords { topic: "t".into(), partition, offset: pos as i64 }).unwrap().remove(0);
-            rows.push(ShipRow { key: r.key, json: r.json });
+            rows.push(r);
         }
         // Delivery: duplicates (re-sent under new insertIds, as after a replay),
         // then a deterministic shuffle, landed in chunks with merges between.

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use landfall::decode::row::{build, Coords};
 use landfall::decode::{dms, Decoded};
-use landfall::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
 use landfall::metrics::Metrics;
-use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, RowOutcome, Sink};
 
 fn change(id: i64, label: &str, position: u64) -> Vec<u8> {
     format!(
@@ -36,8 +36,7 @@ async fn a_row_that_waited_for_its_permit_past_the_overlap_is_still_merged() {
     let route = stack.cfg.tables.iter().find(|t| t.source == "sales.widgets").unwrap().clone();
     let row = |id: i64, label: &str| {
         let Decoded::Row(c) = dms::decode(&change(id, label, id as u64 * 10), "before-image").unwrap() else { panic!() };
-        let r = build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset: id }).unwrap().remove(0);
-        ShipRow { key: r.key, json: r.json }
+        build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset: id }).unwrap().remove(0)
     };
     let (_keep, rx) = tokio::sync::watch::channel(false);
     // Process 1: one request at a time. Process 2: another landfall process
@@ -48,7 +47,7 @@ async fn a_row_that_waited_for_its_permit_past_the_overlap_is_still_merged() {
     let p2 = BigQuerySink::new(stack.bq.clone(), &stack.cfg.bigquery, rx, Arc::new(Metrics::default()));
     let mut cfg = (*stack.cfg).clone();
     cfg.merge.overlap = Duration::from_secs(1);
-    let merger = landfall::demo::merger(&stack.bq, &Arc::new(cfg));
+    let merger = landfall::harness::demo::merger(&stack.bq, &Arc::new(cfg));
 
     // Process 1's permit is held by a request the proxy stalls for 4 s (to
     // the dead-letter table, so that it is not part of the merged table).

@@ -7,12 +7,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall::demo::run_until_caught_up;
-use landfall::log::{Wal, WalBatch};
+use landfall::harness::demo::run_until_caught_up;
+use landfall::harness::sim::Simulator;
 use landfall::metrics::{Metrics, SharedMetrics};
 use landfall::pipeline::{pending_record, plan, Plan};
-use landfall::sim::Simulator;
-use landfall::sink::{BigQuerySink, RowOutcome, ShipRow, Sink};
+use landfall::sink::{BigQuerySink, LogRow, RowOutcome, Sink};
+use landfall::wal::{Wal, WalBatch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once() {
@@ -29,19 +29,18 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
     // (flushed); the first 300 of those were also accepted by insertAll; no
     // landed mark was written and no offset committed.
     let metrics: SharedMetrics = Arc::new(Metrics::default());
-    let mut pending: Vec<(String, ShipRow)> = Vec::new();
+    let mut pending: Vec<(String, LogRow)> = Vec::new();
     {
         let wal = Wal::open(&cfg.wal.path).unwrap();
         let mut batch = WalBatch::default();
         for m in &read[..600] {
             let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
-                let row = ShipRow { key: row.key, json: row.json };
                 batch.pending(&row.key, &pending_record(&table, &row).unwrap());
                 pending.push((table, row));
             }
         }
-        wal.commit(batch).unwrap();
+        wal.flush(batch).unwrap();
         // A primary-key change is two rows (the old key's delete and the new row).
         assert!(pending.len() >= 600);
         assert_eq!(wal.pending_count(), pending.len());
@@ -51,7 +50,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
     // One request per table, so that the restart below follows within
     // seconds: the emulator, like BigQuery, dedups insertIds for ~60 s.
     for t in &cfg.tables {
-        let rows: Vec<ShipRow> = pending[..300].iter().filter(|(table, _)| table == &t.log_table).map(|(_, r)| r.clone()).collect();
+        let rows: Vec<LogRow> = pending[..300].iter().filter(|(table, _)| table == &t.log_table).map(|(_, r)| r.clone()).collect();
         let n = rows.len();
         assert_eq!(sink.ship(&t.log_table, &rows).await.unwrap(), vec![RowOutcome::Landed; n]);
     }
@@ -78,7 +77,7 @@ struct RefuseAll;
 
 #[async_trait::async_trait]
 impl Sink for RefuseAll {
-    async fn ship(&self, _table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, landfall::sink::SinkError> {
+    async fn ship(&self, _table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, landfall::sink::SinkError> {
         Ok(rows.iter().map(|_| RowOutcome::Rejected("insertAll invalid: refused for the test".into())).collect())
     }
 }
@@ -99,12 +98,13 @@ async fn a_row_refused_when_reshipped_after_a_restart_keeps_its_message_read_aga
     let Plan::Rows(rows) = plan(cfg, &read[0], &metrics) else { panic!("a widget change is a row") };
     let mut batch = WalBatch::default();
     for (table, row) in &rows {
-        batch.pending(&row.key, &pending_record(table, &ShipRow { key: row.key, json: row.json.clone() }).unwrap());
+        batch.pending(&row.key, &pending_record(table, row).unwrap());
     }
-    wal.commit(batch).unwrap();
+    wal.flush(batch).unwrap();
 
     let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
-    landfall::pipeline::recover(&wal, &sink, cfg, &metrics).await.unwrap().unwrap();
+    let recovered = landfall::pipeline::recover(&wal, &sink, cfg, &metrics).await.unwrap();
+    assert!(matches!(recovered, landfall::pipeline::Recovered::Complete(_)), "{recovered:?}");
     let letters: Vec<_> = wal.dead_letters().map(Result::unwrap).collect();
     assert_eq!(letters.len(), 1);
     let m = letters[0].message.as_ref().expect("the message was read from Kafka again");

@@ -8,11 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::{run_until_caught_up, wait_caught_up};
-use landfall::drill::proxy::FaultProxy;
-use landfall::log::Wal;
+use landfall::harness::demo::{run_until_caught_up, wait_caught_up};
+use landfall::harness::drill::proxy::FaultProxy;
+use landfall::harness::sim::Simulator;
 use landfall::service::Service;
-use landfall::sim::Simulator;
+use landfall::wal::Wal;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

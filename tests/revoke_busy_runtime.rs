@@ -9,11 +9,11 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::wait_caught_up;
-use landfall::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::demo::wait_caught_up;
+use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::sim::Simulator;
 use landfall::metrics::Metrics;
 use landfall::service::Service;
-use landfall::sim::Simulator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_revoke_on_a_one_worker_runtime_lands_what_is_in_flight() {

@@ -8,11 +8,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use landfall::demo::{run_until_caught_up, wait_caught_up};
-use landfall::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::demo::{run_until_caught_up, wait_caught_up};
+use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::sim::Simulator;
 use landfall::pipeline::Stopped;
 use landfall::service::{Service, STOP_GRACE};
-use landfall::sim::Simulator;
 
 #[test]
 fn shutdown_is_bounded_with_kafka_and_bigquery_both_gone() {
@@ -63,7 +63,7 @@ fn shutdown_is_bounded_with_kafka_and_bigquery_both_gone() {
         kafka.cluster.broker_up(1).unwrap();
         proxy.set_persistent(None);
         let free = Instant::now();
-        while landfall::log::Wal::open(&cfg.wal.path).is_err() {
+        while landfall::wal::Wal::open(&cfg.wal.path).is_err() {
             assert!(free.elapsed() < Duration::from_secs(120), "the abandoned shutdown never released the WAL");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -84,7 +84,7 @@ fn landfall_run_exits_on_sigterm_with_kafka_and_bigquery_both_gone() {
     rt.block_on(async {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_landfall"));
         let work = tempfile::tempdir().unwrap();
-        let kafka = landfall::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigterm", 4).await.unwrap();
+        let kafka = landfall::harness::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigterm", 4).await.unwrap();
         let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
         // The merge timer runs, so a MERGE is waiting on BigQuery too.
         let text = run_config(&kafka.bootstrap, &proxy, &work, "sigterm").replace("interval = \"0s\"", "interval = \"1s\"");
@@ -130,7 +130,7 @@ fn landfall_run_exits_on_sigterm_while_starting_against_an_unreachable_bigquery(
     rt.block_on(async {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_landfall"));
         let work = tempfile::tempdir().unwrap();
-        let kafka = landfall::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigstart", 1).await.unwrap();
+        let kafka = landfall::harness::mock_kafka::KafkaProcess::start(&exe, work.path(), "dms.sigstart", 1).await.unwrap();
         let proxy = FaultProxy::start(support::endpoint().trim_end_matches("/bigquery/v2")).await.unwrap();
         proxy.set_persistent(Some(Fault::Delay { target: Target::Any, by: Duration::from_secs(600) }));
         let mut bridge = spawn_run(&exe, &work, &run_config(&kafka.bootstrap, &proxy, &work, "sigstart"));
@@ -148,13 +148,13 @@ fn landfall_run_exits_on_sigterm_while_starting_against_an_unreachable_bigquery(
 /// The demo config for `landfall run` against `kafka` and BigQuery through
 /// `proxy`, on topic `dms.<name>`, with a 4 s `shutdown_timeout`.
 fn run_config(kafka: &str, proxy: &FaultProxy, work: &tempfile::TempDir, name: &str) -> String {
-    landfall::demo::demo_config_toml(
+    landfall::harness::demo::demo_config_toml(
         kafka,
         &proxy.endpoint(),
         &support::project(),
         &support::unique_dataset(name),
         &work.path().join("wal"),
-        &landfall::sim::tables(),
+        &landfall::harness::sim::tables(),
     )
     .replace("dms.sales", &format!("dms.{name}"))
     .replace("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nshutdown_timeout = \"4s\"")

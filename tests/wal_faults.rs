@@ -6,11 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use landfall::demo::wait_caught_up;
+use landfall::harness::demo::wait_caught_up;
+use landfall::harness::sim::Simulator;
 use landfall::metrics::Metrics;
 use landfall::pipeline::committed_offsets;
 use landfall::service::Service;
-use landfall::sim::Simulator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_pauses_the_bridge_and_it_recovers_when_space_returns() {

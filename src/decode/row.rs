@@ -25,13 +25,7 @@ pub use crate::table::{
 
 pub use crate::source::message::Coords;
 
-/// A row for a log table, keyed by its dedup key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogRow {
-    pub key: DedupKey,
-    /// Every column but `_landfall_ingested`, which is stamped per send attempt.
-    pub json: Map<String, Value>,
-}
+pub use crate::table::LogRow;
 
 pub use crate::key::Part;
 

@@ -39,6 +39,7 @@
 //! The log table is never deleted from (rows in the streaming buffer cannot
 //! be mutated); its retention is partition expiration.
 
+pub mod command;
 pub mod sql;
 #[cfg(test)]
 mod sql_check;

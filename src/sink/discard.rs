@@ -13,7 +13,7 @@
 
 use async_trait::async_trait;
 
-use super::insert::{RowOutcome, ShipRow, Sink, SinkError};
+use super::insert::{LogRow, RowOutcome, Sink, SinkError};
 use crate::metrics::{Metrics, SharedMetrics};
 
 pub struct DiscardSink {
@@ -28,7 +28,7 @@ impl DiscardSink {
 
 #[async_trait]
 impl Sink for DiscardSink {
-    async fn ship(&self, _table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError> {
+    async fn ship(&self, _table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
         Metrics::add(&self.metrics.shipped, rows.len() as u64);
         Ok(vec![RowOutcome::Landed; rows.len()])
     }
@@ -43,7 +43,7 @@ mod tests {
     async fn every_row_lands_and_is_counted() {
         let metrics = SharedMetrics::default();
         let sink = DiscardSink::new(metrics.clone());
-        let rows: Vec<ShipRow> = (0..3u8).map(|i| ShipRow { key: DedupKey([i; 32]), json: Default::default() }).collect();
+        let rows: Vec<LogRow> = (0..3u8).map(|i| LogRow { key: DedupKey([i; 32]), json: Default::default() }).collect();
         assert_eq!(sink.ship("t", &rows).await.unwrap(), vec![RowOutcome::Landed; 3]);
         assert_eq!(Metrics::get(&metrics.shipped), 3);
     }

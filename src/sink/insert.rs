@@ -57,15 +57,8 @@ use super::client::{classify_insert_all, BigQuery, Failure};
 use crate::config::BigQueryConfig;
 use crate::decode::row::COL_INGESTED;
 use crate::decode::value::format_timestamp_micros;
-use crate::key::DedupKey;
 use crate::metrics::{signalled, Metrics, SharedMetrics};
-
-/// A row to ship, with its dedup key (the insertId).
-#[derive(Debug, Clone)]
-pub struct ShipRow {
-    pub key: DedupKey,
-    pub json: Map<String, Value>,
-}
+pub use crate::table::LogRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowOutcome {
@@ -82,7 +75,7 @@ pub enum SinkError {
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Ships `rows` to `table`, returning one outcome per row in order.
-    async fn ship(&self, table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError>;
+    async fn ship(&self, table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError>;
 }
 
 /// Limits and retry policy of the BigQuery sink.
@@ -145,7 +138,7 @@ impl BigQuerySink {
     }
 
     /// Sends the rows at `indices` until each has a final outcome.
-    async fn send(&self, table: &str, rows: &[ShipRow], indices: Vec<usize>, out: &mut [Option<RowOutcome>]) -> Result<(), SinkError> {
+    async fn send(&self, table: &str, rows: &[LogRow], indices: Vec<usize>, out: &mut [Option<RowOutcome>]) -> Result<(), SinkError> {
         let mut todo = indices;
         let mut attempt = 0u32;
         while !todo.is_empty() {
@@ -157,7 +150,7 @@ impl BigQuerySink {
                 // queued. The body is built under the permit too, so at most
                 // `max_inflight_requests` bodies are in memory.
                 let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
-                let now = format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
+                let now = format_timestamp_micros(crate::wal::now_ms() as i64 * 1000);
                 let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
                     // Writing into memory cannot fail; treat it as shutdown rather than guess.
                     tracing::error!(error = %e, "could not build an insertAll body");
@@ -260,7 +253,7 @@ pub struct Body {
 /// Serializes the insertAll request for `rows[indices]` straight into a gzip
 /// stream: no row is copied, `_landfall_ingested` is added on the way, and
 /// the insertId of each row is its dedup key.
-pub fn gzip_body(rows: &[ShipRow], indices: &[usize], ingested: &str, level: u32) -> std::io::Result<Body> {
+pub fn gzip_body(rows: &[LogRow], indices: &[usize], ingested: &str, level: u32) -> std::io::Result<Body> {
     let mut out = Counting { inner: GzEncoder::new(Vec::new(), Compression::new(level)), written: 0 };
     serde_json::to_writer(&mut out, &Request { rows, indices, ingested })?;
     Ok(Body { plain_len: out.written, gzipped: out.inner.finish()? })
@@ -268,7 +261,7 @@ pub fn gzip_body(rows: &[ShipRow], indices: &[usize], ingested: &str, level: u32
 
 /// `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[{"insertId":..,"json":{..}}]}`
 struct Request<'a> {
-    rows: &'a [ShipRow],
+    rows: &'a [LogRow],
     indices: &'a [usize],
     ingested: &'a str,
 }
@@ -297,7 +290,7 @@ impl Serialize for Rows<'_, '_> {
 }
 
 struct Row<'a> {
-    row: &'a ShipRow,
+    row: &'a LogRow,
     ingested: &'a str,
 }
 
@@ -418,7 +411,7 @@ pub fn row_request_bytes(json: &Map<String, Value>) -> usize {
 
 /// Splits rows into requests within the row and byte limits. Rows that are
 /// too large on their own are returned separately.
-pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
+pub fn plan_requests(rows: &[LogRow], max_rows: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
     let mut requests = Vec::new();
     let mut oversized = Vec::new();
     let mut current = Vec::new();
@@ -444,7 +437,7 @@ pub fn plan_requests(rows: &[ShipRow], max_rows: usize, max_bytes: usize) -> (Ve
 
 #[async_trait]
 impl Sink for BigQuerySink {
-    async fn ship(&self, table: &str, rows: &[ShipRow]) -> Result<Vec<RowOutcome>, SinkError> {
+    async fn ship(&self, table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
         let mut out: Vec<Option<RowOutcome>> = vec![None; rows.len()];
         let (requests, oversized) = plan_requests(rows, self.policy.max_rows, self.policy.max_bytes);
         for (i, size) in oversized {
@@ -475,16 +468,17 @@ impl Sink for BigQuerySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::DedupKey;
 
-    fn row(n: usize) -> ShipRow {
+    fn row(n: usize) -> LogRow {
         let mut json = Map::new();
         json.insert("v".into(), Value::String("x".repeat(n)));
-        ShipRow { key: DedupKey([n as u8; 32]), json }
+        LogRow { key: DedupKey([n as u8; 32]), json }
     }
 
     #[test]
     fn requests_respect_row_and_byte_limits() {
-        let rows: Vec<ShipRow> = (0..10).map(|_| row(100)).collect();
+        let rows: Vec<LogRow> = (0..10).map(|_| row(100)).collect();
         let (reqs, big) = plan_requests(&rows, 4, 1_000_000);
         assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert!(big.is_empty());

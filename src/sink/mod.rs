@@ -10,4 +10,4 @@ pub mod schema;
 
 pub use client::BigQuery;
 pub use discard::DiscardSink;
-pub use insert::{BigQuerySink, RowOutcome, ShipRow, Sink, SinkError};
+pub use insert::{BigQuerySink, LogRow, RowOutcome, Sink, SinkError};

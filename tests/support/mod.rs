@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use landfall::config::Config;
-use landfall::demo::{demo_config_toml, LocalKafka};
+use landfall::harness::demo::{demo_config_toml, LocalKafka};
 use landfall::sink::BigQuery;
 
 /// Logs of the code under test, on stderr, when `LANDFALL_TEST_LOG` is set
@@ -44,7 +44,7 @@ pub fn config(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str) -> Arc
 
 /// Like [`config`], with textual replacements applied to the demo config first.
 pub fn config_with(kafka: &LocalKafka, wal: &Path, dataset: &str, extra: &str, replace: &[(&str, &str)]) -> Arc<Config> {
-    config_for(kafka, wal, dataset, extra, replace, &landfall::sim::tables())
+    config_for(kafka, wal, dataset, extra, replace, &landfall::harness::sim::tables())
 }
 
 /// Like [`config_with`], routing `tables` (e.g. `sim::tables_for(&opts)`).
@@ -160,7 +160,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(name: &str, partitions: i32, extra: &str, replace: &[(&str, &str)]) -> Stack {
-        Stack::start_for(name, partitions, extra, replace, &landfall::sim::tables()).await
+        Stack::start_for(name, partitions, extra, replace, &landfall::harness::sim::tables()).await
     }
 
     /// A stack routing `tables` (the simulator's tables for its options).
@@ -195,26 +195,34 @@ impl Stack {
     }
 
     /// Merges every table and asserts that the final tables equal `model`.
-    pub async fn merge_and_verify(&self, model: &landfall::sim::Model) {
-        for r in landfall::demo::merger(&self.bq, &self.cfg).merge_all(false).await {
+    pub async fn merge_and_verify(&self, model: &landfall::harness::sim::Model) {
+        for r in landfall::harness::demo::merger(&self.bq, &self.cfg).merge_all(false).await {
             r.unwrap();
         }
         self.verify(model).await;
     }
 
     /// Asserts that the simulator's final tables equal `model`.
-    pub async fn verify(&self, model: &landfall::sim::Model) {
+    pub async fn verify(&self, model: &landfall::harness::sim::Model) {
         let tables: Vec<_> = self.cfg.tables.iter().filter(|t| model.contains_key(&t.source)).cloned().collect();
-        let verdicts = landfall::sim::verify::verify_all(&self.bq, &tables, model).await.unwrap();
-        assert!(verdicts.iter().all(|v| v.matches()), "final tables differ from the source:\n{}", landfall::sim::verify::report(&verdicts));
+        let verdicts = landfall::harness::sim::verify::verify_all(&self.bq, &tables, model).await.unwrap();
+        assert!(
+            verdicts.iter().all(|v| v.matches()),
+            "final tables differ from the source:\n{}",
+            landfall::harness::sim::verify::report(&verdicts)
+        );
     }
 
     /// Asserts that the dead-letter table holds exactly the dead letters
     /// the simulator built into the stream.
-    pub async fn verify_dead_letters(&self, sim: &landfall::sim::Simulator) {
-        let v = landfall::sim::verify::verify_dead_letters(&self.bq, &self.cfg.bigquery.dead_letter_table, sim.expected_dead_letters())
-            .await
-            .unwrap();
+    pub async fn verify_dead_letters(&self, sim: &landfall::harness::sim::Simulator) {
+        let v = landfall::harness::sim::verify::verify_dead_letters(
+            &self.bq,
+            &self.cfg.bigquery.dead_letter_table,
+            sim.expected_dead_letters(),
+        )
+        .await
+        .unwrap();
         assert!(v.matches(), "dead letters differ from the ones the stream was built with: {v:#?}");
         if v.repeated > 0 || v.copies > 0 {
             eprintln!("dead letters: {} recorded again under another key, {} copies of one key", v.repeated, v.copies);

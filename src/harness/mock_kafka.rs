@@ -25,7 +25,7 @@ use rdkafka::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::sim::SimMessage;
+use crate::harness::sim::SimMessage;
 
 /// `--rebalance-delay-ms D` sets the broker's `group.initial.rebalance.delay.ms`
 /// (the mock's default is 3 s, as Apache Kafka's).
@@ -155,7 +155,7 @@ impl KafkaProcess {
 
     pub fn produce(&self, msgs: &[SimMessage]) -> anyhow::Result<()> {
         for m in msgs {
-            crate::demo::send(&self.producer, &self.topic, Some(&m.key), Some(&m.payload))?;
+            crate::harness::demo::send(&self.producer, &self.topic, Some(&m.key), Some(&m.payload))?;
         }
         self.producer.flush(Duration::from_secs(60))?;
         Ok(())

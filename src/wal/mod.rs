@@ -4,7 +4,7 @@
 //!
 //! Every change is written here as pending (its row in a [`PendingBatch`])
 //! *before* it is shipped, and marked [`Record::Landed`] after BigQuery
-//! accepted it. Each [`Wal::commit`] applies one atomic sled batch and then calls
+//! accepted it. Each [`Wal::flush`] applies one atomic sled batch and then calls
 //! `sled::Db::flush`, which returns only when the batch is on disk (sled 0.34
 //! is durable only after flush). The flushes on the write path, per pipeline batch:
 //!
@@ -198,7 +198,7 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// A set of WAL changes applied atomically by [`Wal::commit`].
+/// A set of WAL changes applied atomically by [`Wal::flush`].
 #[derive(Default, Clone)]
 pub struct WalBatch {
     batch: sled::Batch,
@@ -207,7 +207,7 @@ pub struct WalBatch {
     /// Resolved keys: (key, rejected, at_ms), in order.
     resolved: Vec<(DedupKey, bool, u64)>,
     counters: Vec<(Vec<u8>, u64)>,
-    /// Dead letters, encoded by [`Wal::commit`] (where an encoding error
+    /// Dead letters, encoded by [`Wal::flush`] (where an encoding error
     /// can fail the commit before anything is written).
     dead_letters: Vec<DeadLetter>,
 }
@@ -385,7 +385,7 @@ impl Wal {
     }
 
     /// Applies `batch` atomically and returns once it is durable on disk.
-    pub fn commit(&self, batch: WalBatch) -> Result<(), WalError> {
+    pub fn flush(&self, batch: WalBatch) -> Result<(), WalError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -726,10 +726,10 @@ mod tests {
             let mut b = WalBatch::default();
             b.pending(&key(1), &rec("{\"a\":1}"));
             b.pending(&key(2), &rec("{\"a\":2}"));
-            wal.commit(b).unwrap();
+            wal.flush(b).unwrap();
             let mut b = WalBatch::default();
             b.landed(&key(1), 1000);
-            wal.commit(b).unwrap();
+            wal.flush(b).unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
         assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Resolved);
@@ -776,7 +776,7 @@ mod tests {
             let huge = PendingRecord { table: "t".into(), row: vec![b'x'; record::MAX_RECORD_BYTES], written_at_ms: 1 };
             b.pending(&key(2), &huge);
             b.add_to_counter("c", 1);
-            let err = wal.commit(b).unwrap_err();
+            let err = wal.flush(b).unwrap_err();
             assert!(matches!(&err, WalError::Encode { source: record::EncodeError::TooLarge, .. }), "{err}");
             assert!(err.to_string().contains("Nothing of this commit was written"), "{err}");
             // Nothing of the batch, not even its small row or its counter.
@@ -786,7 +786,7 @@ mod tests {
             // The WAL carries on.
             let mut b = WalBatch::default();
             b.pending(&key(3), &rec("{}"));
-            wal.commit(b).unwrap();
+            wal.flush(b).unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
         let pending: Vec<DedupKey> = wal.pending().map(|r| r.unwrap().0).collect();
@@ -801,13 +801,13 @@ mod tests {
         for (offset, id) in [(5, 1), (3, 2), (3, 3)] {
             b.dead_letter(&DeadLetter { offset, id: [id; 32], ..record::tests::sample_letter() });
         }
-        wal.commit(b).unwrap();
+        wal.flush(b).unwrap();
         let got: Vec<(i64, u8)> = wal.dead_letters().map(|d| d.unwrap()).map(|d| (d.offset, d.id[0])).collect();
         // Before, letters were keyed by position alone: the second of offset 3 replaced the first.
         assert_eq!(got, vec![(3, 2), (3, 3), (5, 1)]);
         let mut b = WalBatch::default();
         b.dead_letter_replayed(&DeadLetter { offset: 3, id: [3; 32], ..record::tests::sample_letter() }, 9);
-        wal.commit(b).unwrap();
+        wal.flush(b).unwrap();
         let marks: Vec<Option<u64>> = wal.dead_letters().map(|d| wal.replayed_at(&d.unwrap()).unwrap()).collect();
         assert_eq!(marks, vec![None, Some(9), None]);
     }
@@ -901,7 +901,7 @@ mod tests {
                         Op::Pending(k, v) => {
                             let mut b = WalBatch::default();
                             b.pending(&key(k), &PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
-                            w.commit(b).unwrap();
+                            w.flush(b).unwrap();
                             model.insert(k, M::Pending(vec![v]));
                         }
                         Op::PendingMany(ref kvs) => {
@@ -911,7 +911,7 @@ mod tests {
                                 b.pending(&key(k), &PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
                                 model.insert(k, M::Pending(vec![v]));
                             }
-                            w.commit(b).unwrap();
+                            w.flush(b).unwrap();
                         }
                         Op::LandedMany(ref ks, t) => {
                             let mut b = WalBatch::default();
@@ -919,12 +919,12 @@ mod tests {
                                 b.landed(&key(k), t as u64);
                                 model.insert(k, M::Resolved(t as u64));
                             }
-                            w.commit(b).unwrap();
+                            w.flush(b).unwrap();
                         }
                         Op::Landed(k, t) | Op::Rejected(k, t) => {
                             let mut b = WalBatch::default();
                             if matches!(op, Op::Landed(..)) { b.landed(&key(k), t as u64) } else { b.rejected(&key(k), t as u64) }
-                            w.commit(b).unwrap();
+                            w.flush(b).unwrap();
                             model.insert(k, M::Resolved(t as u64));
                         }
                         Op::Prune(before) => {

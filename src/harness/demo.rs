@@ -23,11 +23,11 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 
 use crate::config::{Config, TableConfig};
+use crate::harness::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::merge::Merger;
 use crate::metrics::Metrics;
 use crate::pipeline::{committed_offsets, Stopped};
 use crate::service::Service;
-use crate::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::sink::BigQuery;
 
 /// A mock Kafka cluster in this process, with one topic.
@@ -188,7 +188,7 @@ summary_interval = "10s"
 }
 
 pub fn demo_config(bootstrap: &str, endpoint: &str, project: &str, dataset: &str, wal: &Path, topic: &str) -> anyhow::Result<Config> {
-    demo_config_for(bootstrap, endpoint, project, dataset, wal, topic, &crate::sim::tables())
+    demo_config_for(bootstrap, endpoint, project, dataset, wal, topic, &crate::harness::sim::tables())
 }
 
 /// [`demo_config`] for the given tables.
@@ -241,6 +241,25 @@ pub fn merger(bq: &BigQuery, cfg: &Arc<Config>) -> Merger {
     Merger::new(bq.clone(), cfg.clone(), Arc::new(Metrics::default()), rx)
 }
 
+/// Whether simulated streams carry DMS transaction details (`--transaction-details`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Details {
+    On,
+    Off,
+    Both,
+}
+
+impl Details {
+    /// [`DemoOptions::transaction_details`]: one scenario, or both (`None`).
+    pub fn runs(self) -> Option<bool> {
+        match self {
+            Details::Both => None,
+            Details::On => Some(true),
+            Details::Off => Some(false),
+        }
+    }
+}
+
 pub struct DemoOptions {
     pub endpoint: String,
     pub project: String,
@@ -285,7 +304,7 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
     let wal_dir = tempfile::Builder::new().prefix("landfall-demo-wal").tempdir()?;
     let kafka = LocalKafka::start("dms.sales", opts.partitions)?;
     let sim_opts = SimOptions { dead_letters: true, every_type: true, ..sim_opts };
-    let tables = crate::sim::tables_for(&sim_opts);
+    let tables = crate::harness::sim::tables_for(&sim_opts);
     let cfg = Arc::new(demo_config_for(
         &kafka.bootstrap_servers(),
         &opts.endpoint,

@@ -30,10 +30,10 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::key::DedupKey;
-use crate::log::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Wal, WalBatch, WalError};
 use crate::metrics::Metrics;
-use crate::pipeline::{commit_durably, group, pending_record, plan, ship_and_land, Msg, Origins, PipelineError, Plan};
-use crate::sink::{ShipRow, Sink, SinkError};
+use crate::pipeline::{flush_durably, group, pending_record, plan, ship_and_land, Msg, Origins, PipelineError, Plan, Shipped};
+use crate::sink::{LogRow, Sink};
+use crate::wal::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Wal, WalBatch, WalError};
 
 /// `topic/partition@offset`: the message a dead letter came from.
 pub fn position(d: &DeadLetter) -> String {
@@ -127,7 +127,7 @@ async fn redrive_message(
                 // A sibling row that landed (one row of a primary-key change
                 // refused, the other not) is not shipped again.
                 if !wal.is_landed(&r.key)? {
-                    ship.push((table, ShipRow { key: r.key, json: r.json }));
+                    ship.push((table, r));
                 }
             }
             let origins: Origins = ship.iter().map(|(_, r)| (r.key, msg.clone())).collect();
@@ -147,7 +147,7 @@ async fn reship_row(
 ) -> Result<Replayed, PipelineError> {
     let json =
         serde_json::from_slice(&r.json).map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
-    ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), ShipRow { key: DedupKey(r.key), json })], &Origins::new()).await
+    ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), LogRow { key: DedupKey(r.key), json })], &Origins::new()).await
 }
 
 /// The same discipline as live traffic: pending first (this overrides a
@@ -159,27 +159,23 @@ async fn ship_pending(
     sink: &Arc<dyn Sink>,
     metrics: &Metrics,
     d: &DeadLetter,
-    rows: Vec<(String, ShipRow)>,
+    rows: Vec<(String, LogRow)>,
     origins: &Origins,
 ) -> Result<Replayed, PipelineError> {
     let mut b = WalBatch::default();
     for (table, row) in &rows {
         b.pending(&row.key, &pending_record(table, row)?);
     }
-    commit_durably(wal, b, metrics).await?;
+    flush_durably(wal, b, metrics).await?;
     let n = rows.len();
-    let this = Metrics::default();
-    let shipped = ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), origins, &this).await?;
-    Metrics::add(&metrics.landed, Metrics::get(&this.landed));
-    Metrics::add(&metrics.dead_lettered, Metrics::get(&this.dead_lettered));
-    match shipped {
-        Err(SinkError::Shutdown) => Err(PipelineError::Task("replay interrupted".into())),
-        Ok(_) if Metrics::get(&this.dead_lettered) > 0 => {
+    match ship_and_land(wal, sink, &cfg.bigquery.dead_letter_table, group(rows), origins, metrics).await? {
+        Shipped::Interrupted => Err(PipelineError::Task("replay interrupted".into())),
+        Shipped::Resolved(r) if r.dead_lettered > 0 => {
             // Recorded again, under the same id, with BigQuery's new reason.
             let again = wal.dead_letter(d)?.map(|x| x.reason);
             Ok(Replayed::StillFailing { reason: again.unwrap_or_else(|| "BigQuery rejected a row again (see the new dead letter)".into()) })
         }
-        Ok(_) => {
+        Shipped::Resolved(_) => {
             mark_replayed(wal, d, metrics).await?;
             Ok(Replayed::Landed { rows: n })
         }
@@ -189,5 +185,152 @@ async fn ship_pending(
 async fn mark_replayed(wal: &Wal, d: &DeadLetter, metrics: &Metrics) -> Result<(), PipelineError> {
     let mut b = WalBatch::default();
     b.dead_letter_replayed(d, now_ms());
-    commit_durably(wal, b, metrics).await
+    flush_durably(wal, b, metrics).await
+}
+
+/// `landfall dlq list`: one line per dead letter (id, stage, size, open or
+/// replayed, reason), then the count.
+pub struct Listing(Vec<(DeadLetter, bool)>);
+
+impl Listing {
+    pub fn read(wal: &Wal) -> Result<Listing, WalError> {
+        let mut out = Vec::new();
+        for d in wal.dead_letters() {
+            let d = d?;
+            let replayed = wal.replayed_at(&d)?.is_some();
+            out.push((d, replayed));
+        }
+        Ok(Listing(out))
+    }
+}
+
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (d, replayed) in &self.0 {
+            let state = if *replayed { "replayed" } else { "open" };
+            let size = d.message.as_ref().map_or_else(|| "message not kept".to_owned(), |m| format!("{} bytes", m.value_len));
+            writeln!(f, "{}\t{}\t{size}\t{state}\t{}", id(d), d.stage.name(), d.reason)?;
+        }
+        writeln!(f, "{} dead letter(s)", self.0.len())
+    }
+}
+
+/// `landfall dlq show`: everything recorded of the letters a name (an
+/// [`id`] or a [`position`]) picks.
+pub struct Shown(Vec<(DeadLetter, Option<u64>)>);
+
+/// Why `landfall dlq show` or `replay` found nothing to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("no dead letter {0} (see `landfall dlq list`)")]
+    NoSuchLetter(String),
+    #[error("name dead letters to replay, or pass --all")]
+    NothingNamed,
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+impl Shown {
+    pub fn read(wal: &Wal, name: &str) -> Result<Shown, SelectError> {
+        let mut out = Vec::new();
+        for d in wal.dead_letters() {
+            let d = d?;
+            if names(name, &d) {
+                let replayed = wal.replayed_at(&d)?;
+                out.push((d, replayed));
+            }
+        }
+        if out.is_empty() {
+            return Err(SelectError::NoSuchLetter(name.to_owned()));
+        }
+        Ok(Shown(out))
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_owned(),
+            Err(_) => format!("(not UTF-8; first bytes) {:02x?}", &bytes[..bytes.len().min(256)]),
+        };
+        for (d, replayed) in &self.0 {
+            writeln!(f, "id: {}\nstage: {}\nreason: {}\nrecorded at (ms): {}", id(d), d.stage.name(), d.reason, d.at_ms)?;
+            if let Some(at) = replayed {
+                writeln!(f, "replayed at (ms): {at}")?;
+            }
+            match &d.message {
+                None => writeln!(f, "message: not kept (a row refused when re-shipped after a restart)")?,
+                Some(m) => {
+                    writeln!(f, "message timestamp (ms): {}", m.timestamp_ms.map_or("none".into(), |t| t.to_string()))?;
+                    writeln!(f, "message key: {}", m.key.as_deref().map_or("none".into(), text))?;
+                    for (name, v) in &m.headers {
+                        writeln!(f, "header {name}: {}", v.as_deref().map_or("null".into(), text))?;
+                    }
+                    if m.has_value {
+                        writeln!(f, "value: {} bytes, blake3 {}", m.value_len, blake3::Hash::from(m.value_hash).to_hex())?;
+                        writeln!(f, "{}", text(&m.value_prefix))?;
+                    } else {
+                        writeln!(f, "value: none (a Kafka tombstone)")?;
+                    }
+                }
+            }
+            if let Some(r) = &d.row {
+                writeln!(f, "refused row for {}:\n{}", if r.table.is_empty() { "(table not recorded)" } else { &r.table }, text(&r.json))?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `landfall dlq replay` did: one line per letter, then the totals.
+pub struct ReplayReport(pub Vec<(String, Replayed)>);
+
+impl ReplayReport {
+    /// Letters that still cannot land (the command then exits non-zero).
+    pub fn still_failing(&self) -> usize {
+        self.0.iter().filter(|(_, r)| matches!(r, Replayed::StillFailing { .. })).count()
+    }
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (id, r) in &self.0 {
+            writeln!(f, "{id}\t{r:?}")?;
+        }
+        let failing = self.still_failing();
+        writeln!(f, "{} replayed, {failing} still failing", self.0.len() - failing)
+    }
+}
+
+/// Why `landfall dlq replay` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Client(#[from] crate::sink::client::ClientError),
+    #[error(transparent)]
+    Schema(#[from] crate::sink::schema::SchemaError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// `landfall dlq replay`: opens the WAL (the service must be stopped),
+/// connects to BigQuery, creates what is missing, and re-drives the letters
+/// `names` picks (every letter with `all`).
+pub async fn replay_command(cfg: &Config, names_given: &[String], all: bool) -> Result<ReplayReport, ReplayError> {
+    if !all && names_given.is_empty() {
+        return Err(SelectError::NothingNamed.into());
+    }
+    let wal = Wal::open(&cfg.wal.path)?;
+    let bq = crate::sink::BigQuery::connect(&cfg.bigquery).await?;
+    bq.ensure_all(cfg).await?;
+    let metrics = Arc::new(Metrics::default());
+    let (_abort, rx) = tokio::sync::watch::channel(false);
+    let sink: Arc<dyn Sink> = Arc::new(crate::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
+    let results = replay(cfg, &wal, &sink, &metrics, |d| all || names_given.iter().any(|n| names(n, d))).await?;
+    Ok(ReplayReport(results))
 }

@@ -151,7 +151,7 @@ pub struct RefusedRow {
 }
 
 /// A dead letter as format version 2 wrote it (read when a WAL written by an
-/// earlier landfall is opened; `log::Wal::open` rewrites them).
+/// earlier landfall is opened; `wal::Wal::open` rewrites them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterV2 {
     pub topic: String,

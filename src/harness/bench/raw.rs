@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::KafkaConfig;
 use crate::sink::insert::gzip_body;
-use crate::sink::{BigQuery, ShipRow};
+use crate::sink::{BigQuery, LogRow};
 
 /// A measured rate: items and payload bytes over a time span.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +58,8 @@ pub fn consume(kafka: &KafkaConfig, target: u64) -> anyhow::Result<Rate> {
 /// Sends `rows` per table in requests of `max_rows`, `concurrency` at a time,
 /// serialized and gzipped (level 6) per request as the bridge does, and
 /// counts the rows BigQuery accepted.
-pub async fn insert_all(bq: &BigQuery, tables: &[(String, Vec<ShipRow>)], max_rows: usize, concurrency: usize) -> anyhow::Result<Rate> {
-    let now = crate::decode::value::format_timestamp_micros(crate::log::now_ms() as i64 * 1000);
+pub async fn insert_all(bq: &BigQuery, tables: &[(String, Vec<LogRow>)], max_rows: usize, concurrency: usize) -> anyhow::Result<Rate> {
+    let now = crate::decode::value::format_timestamp_micros(crate::wal::now_ms() as i64 * 1000);
     let mut requests = Vec::new();
     for (table, rows) in tables {
         let indices: Vec<usize> = (0..rows.len()).collect();

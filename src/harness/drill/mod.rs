@@ -27,19 +27,20 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::config::Config;
-use crate::demo::demo_config_toml;
 use crate::failpoint;
-use crate::log::Wal;
+use crate::harness::demo::demo_config_toml;
+use crate::harness::mock_kafka as kafka;
+use crate::harness::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::merge::Merger;
 use crate::metrics::Metrics;
-use crate::mock_kafka as kafka;
 use crate::pipeline::{committed_offsets, COUNTER_DUPLICATES_ABSORBED};
-use crate::sim::{verify, PositionFormat, SimMessage, SimOptions, Simulator};
 use crate::sink::client::cell;
 use crate::sink::BigQuery;
+use crate::wal::Wal;
 
 pub struct DrillOptions {
-    pub endpoint: String,
+    /// The BigQuery emulator to use; none: the drill starts one for the run.
+    pub endpoint: Option<String>,
     pub project: String,
     pub seed: u64,
     /// Random SIGKILL rounds.
@@ -85,6 +86,29 @@ pub struct DrillReport {
     pub work_dir: String,
     #[serde(skip)]
     pub table_report: String,
+}
+
+impl std::fmt::Display for DrillReport {
+    /// The human report `landfall drill` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.table_report)?;
+        writeln!(
+            f,
+            "\nkills: {} (failpoints hit: {:?}, missed: {:?}), takeover: {}, graceful shutdown: {}",
+            self.kills, self.failpoints_hit, self.failpoints_missed, self.takeover, self.graceful_shutdown_ok
+        )?;
+        writeln!(
+            f,
+            "changes: {} ({} messages with duplicates); duplicates absorbed by the WAL: {}, by the MERGE: {}",
+            self.changes_produced, self.messages_produced, self.duplicates_absorbed_by_wal, self.duplicates_absorbed_by_merge
+        )?;
+        writeln!(
+            f,
+            "lost: {}, duplicate rows in final tables: {}, elapsed {:.0}s",
+            self.lost, self.duplicate_rows_in_final, self.elapsed_seconds
+        )?;
+        writeln!(f, "{} (seed {}; work files: {})", if self.verified { "VERIFIED" } else { "FAILED" }, self.seed, self.work_dir)
+    }
 }
 
 struct Bridge {
@@ -183,14 +207,19 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
             path
         }
     };
+    let emulator = match &opts.endpoint {
+        Some(_) => None,
+        None => Some(emulator::Emulator::start().await?),
+    };
+    let endpoint = opts.endpoint.clone().or_else(|| emulator.as_ref().map(|e| e.endpoint.clone())).unwrap_or_default();
     let topic = "dms.drill";
     let kafka = kafka::KafkaProcess::start(&opts.exe, &work, topic, opts.partitions).await?;
     let dataset = format!("drill_{}_{}", opts.seed, std::process::id());
     let sim_opts =
         if opts.transaction_details { SimOptions::ordered_by(PositionFormat::Mysql) } else { SimOptions::without_transaction_details() };
-    let tables = crate::sim::tables_for(&sim_opts);
+    let tables = crate::harness::sim::tables_for(&sim_opts);
     let write_config = |name: &str, wal: &str| -> anyhow::Result<(PathBuf, Config)> {
-        let text = demo_config_toml(&kafka.bootstrap, &opts.endpoint, &opts.project, &dataset, &work.join(wal), &tables)
+        let text = demo_config_toml(&kafka.bootstrap, &endpoint, &opts.project, &dataset, &work.join(wal), &tables)
             .replace("dms.sales", topic)
             .replace("group_id = \"landfall-demo\"", "group_id = \"landfall-drill\"")
             .replace("interval = \"0s\"", "interval = \"2s\"");

@@ -47,14 +47,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, TableConfig};
-use crate::demo::send;
-use crate::log::{Wal, WalBatch};
+use crate::harness::demo::send;
+use crate::harness::mock_kafka::KafkaProcess;
+use crate::harness::sim::{SimMessage, Simulator};
 use crate::merge::Merger;
 use crate::metrics::Metrics;
-use crate::mock_kafka::KafkaProcess;
 use crate::pipeline::{pending_record, plan, Msg, Plan};
-use crate::sim::{SimMessage, Simulator};
-use crate::sink::{BigQuery, ShipRow};
+use crate::sink::{BigQuery, LogRow};
+use crate::wal::{Wal, WalBatch};
 use bridge::{dir_bytes, watch, Bridge, Commits};
 
 const BACKLOG: &str = "bench.backlog";
@@ -311,7 +311,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let started = Instant::now();
     let work = &opts.work_dir;
     std::fs::create_dir_all(work)?;
-    let tables = crate::sim::tables();
+    let tables = crate::harness::sim::tables();
     if opts.only_burst {
         let mut r = BenchReport::default();
         let kafka = KafkaProcess::start_with(&opts.exe, work, &[(BURST_TOPIC, opts.burst_messages.max(1) as i32)], Some(0)).await?;
@@ -355,7 +355,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     );
 
     let ctx = Ctx { work, bootstrap: &bootstrap, endpoint: &opts.endpoint, project: &opts.project, tables: &tables };
-    let stamp = crate::log::now_ms();
+    let stamp = crate::wal::now_ms();
 
     // 2. (a) raw consume.
     eprintln!("bench: (a) raw consume");
@@ -487,7 +487,7 @@ async fn burst(opts: &BenchOptions, ctx: &Ctx<'_>, r: &mut BenchReport) -> anyho
         .create()?;
     let mut bytes = 0u64;
     for i in 0..n {
-        let m = crate::sim::large_text_change(i as i64 + 1, opts.burst_text_bytes);
+        let m = crate::harness::sim::large_text_change(i as i64 + 1, opts.burst_text_bytes);
         bytes += m.payload.len() as u64;
         let record = BaseRecord::to(BURST_TOPIC).partition(i as i32).key(&m.key).payload(&m.payload);
         p.send(record).map_err(|(e, _)| e)?;
@@ -537,7 +537,7 @@ impl Ctx<'_> {
     fn phase(&self, name: &str, topic: &str, dataset: &str, discard: bool) -> anyhow::Result<(PathBuf, Config)> {
         let wal = self.work.join(format!("wal-{name}"));
         let _ = std::fs::remove_dir_all(&wal);
-        let mut text = crate::demo::demo_config_toml(self.bootstrap, self.endpoint, self.project, dataset, &wal, self.tables)
+        let mut text = crate::harness::demo::demo_config_toml(self.bootstrap, self.endpoint, self.project, dataset, &wal, self.tables)
             .replace("group_id = \"landfall-demo\"", &format!("group_id = \"bench-{name}\""))
             .replace("topics = [\"dms.sales\"]", &format!("topics = [\"{topic}\"]"))
             // The pipeline's own defaults, not the demo's short batch wait.
@@ -567,7 +567,7 @@ fn high_watermark_sum(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::
 }
 
 /// The log rows the bridge would ship for `msgs`, grouped by log table.
-fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec<ShipRow>)>> {
+fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec<LogRow>)>> {
     let metrics = Metrics::default();
     let mut rows = Vec::new();
     for (offset, m) in msgs.iter().enumerate() {
@@ -580,7 +580,7 @@ fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec
             ..Default::default()
         };
         match plan(cfg, &msg, &metrics) {
-            Plan::Rows(r) => rows.extend(r.into_iter().map(|(t, row)| (t, ShipRow { key: row.key, json: row.json }))),
+            Plan::Rows(r) => rows.extend(r),
             other => anyhow::bail!("a generated message did not become rows: {other:?}"),
         }
     }
@@ -588,7 +588,7 @@ fn rows_of(cfg: &Config, msgs: &[SimMessage]) -> anyhow::Result<Vec<(String, Vec
 }
 
 /// The log rows of the full load [`run`] produced to `bench.bq`.
-fn log_rows(cfg: &Config, seed: u64, n: u64) -> anyhow::Result<Vec<(String, Vec<ShipRow>)>> {
+fn log_rows(cfg: &Config, seed: u64, n: u64) -> anyhow::Result<Vec<(String, Vec<LogRow>)>> {
     let mut msgs = Vec::new();
     full_load(seed, n, |m| {
         msgs.extend_from_slice(m);
@@ -664,16 +664,16 @@ fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyh
         read += 1;
         if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {
             for (table, row) in rows {
-                let ship = ShipRow { key: row.key, json: row.json };
+                let ship = row;
                 batch.pending(&ship.key, &pending_record(&table, &ship)?);
                 records += 1;
             }
         }
         if read % 10_000 == 0 {
-            wal.commit(std::mem::take(&mut batch))?;
+            wal.flush(std::mem::take(&mut batch))?;
         }
     }
-    wal.commit(batch)?;
+    wal.flush(batch)?;
     drop(wal);
     Ok(records)
 }

@@ -1,0 +1,23 @@
+//! The harness: everything that runs landfall on local parts instead of
+//! carrying production data. Compiled only with the `harness` feature (the
+//! `drill` feature turns it on too); `cargo build --release` without
+//! features contains none of it.
+//!
+//! * [`demo`]: `landfall demo`, the whole pipeline on a mock Kafka cluster and
+//!   the BigQuery emulator, verified; its helpers also set up the end-to-end
+//!   tests.
+//! * [`sim`]: the simulated source database (DMS messages plus the model of
+//!   what each source table holds) and the check of the final tables against
+//!   it, sharing no code with the stages it checks.
+//! * [`mock_kafka`]: librdkafka's mock cluster in its own process, so that a
+//!   bridge can be killed without taking the broker with it.
+//! * [`bench`]: `landfall bench`, the benchmark (docs/performance.md).
+//! * [`drill`]: `landfall drill`, kill -9 crash drills, and the BigQuery
+//!   fault proxy (feature `drill`, which also arms the failpoints).
+
+pub mod bench;
+pub mod demo;
+#[cfg(feature = "drill")]
+pub mod drill;
+pub mod mock_kafka;
+pub mod sim;

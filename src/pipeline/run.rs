@@ -1,0 +1,209 @@
+//! The select loop: reads messages into batches (bounded in messages and
+//! bytes), prepares each batch, and hands it to a task of its own that
+//! flushes its pending records, ships and lands them, then completes its
+//! messages and commits; meanwhile the loop reads the next batch. It also
+//! drains on shutdown (bounded), re-sends commit points, prunes the WAL and
+//! logs the counters' summary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::sink::Sink;
+use crate::source::kafka;
+use crate::source::progress::{self, SharedProgress};
+use crate::wal::{now_ms, Wal};
+
+use super::commit::{commit_ready, committed_points, drain_rebalance_events};
+use super::land::{blocking, flush_durably, ship_and_land, Shipped};
+use super::prepare::{msg_bytes, prepare, Prepared};
+use super::recover::{recover, Recovered};
+use super::{Msg, PipelineError, Stopped};
+
+/// A ship task's end: its keys are already resolved in the shared progress.
+struct BatchDone {
+    result: Result<Shipped, PipelineError>,
+    /// The message bytes of the batch, released now that its task is over.
+    bytes: usize,
+}
+
+/// Runs the bridge until `shutdown` turns true (or a fatal error).
+/// `abort` is raised when draining times out; the sink given here must watch it.
+pub async fn run(
+    cfg: Arc<Config>,
+    wal: Wal,
+    sink: Arc<dyn Sink>,
+    metrics: SharedMetrics,
+    mut shutdown: watch::Receiver<bool>,
+    abort: watch::Sender<bool>,
+) -> Result<Stopped, PipelineError> {
+    match recover(&wal, &sink, &cfg, &metrics).await? {
+        Recovered::Complete(0) => {}
+        Recovered::Complete(n) => tracing::info!(records = n, "recovery complete"),
+        Recovered::Interrupted => return Ok(Stopped::Interrupted),
+    }
+    let progress = SharedProgress::default();
+    let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout, metrics.clone())?;
+    let consumer = Arc::new(consumer);
+    let (done_tx, mut done_rx) = mpsc::channel::<BatchDone>(cfg.pipeline.max_inflight_batches + 1);
+    let mut batches_in_flight = 0usize;
+    // Message bytes of the batches whose ship task has not ended, and of
+    // the batch being read: their sum is held under max_inflight_bytes
+    // (plus the one message that reaches it).
+    let mut shipping_bytes = 0usize;
+    let mut batch_bytes = 0usize;
+    let mut batch: Vec<Msg> = Vec::with_capacity(cfg.pipeline.batch_max_messages);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut summary = tokio::time::interval(cfg.observability.summary_interval);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(cfg.wal.prune_interval);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = *shutdown.borrow();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Commit points are re-sent every few seconds: a failed async commit is
+    // then repaired even when no new change moves the point.
+    let mut recommit = tokio::time::interval(Duration::from_secs(2));
+    recommit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        if stopping && batch.is_empty() && batches_in_flight == 0 {
+            break;
+        }
+        let p = &cfg.pipeline;
+        let batch_full = batch.len() >= p.batch_max_messages || batch_bytes >= p.batch_max_bytes;
+        let can_read =
+            !stopping && batches_in_flight < p.max_inflight_batches && !batch_full && shipping_bytes + batch_bytes < p.max_inflight_bytes;
+        let flush_now = !batch.is_empty() && (batch_full || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
+        if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
+            let msgs = std::mem::take(&mut batch);
+            let bytes = std::mem::take(&mut batch_bytes);
+            deadline = None;
+            let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
+            let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
+            let Prepared { groups, wal_batch, origins } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
+            if groups.is_empty() {
+                // Nothing to ship: only counters (and dead letters already
+                // resolved) to make durable before the messages complete.
+                flush_durably(&wal, wal_batch, &metrics).await?;
+                commit_ready(&consumer, &progress, &metrics);
+                metrics.latency.record_since(&produced, now_ms() as i64);
+                metrics.set_inflight_bytes(shipping_bytes);
+            } else {
+                commit_ready(&consumer, &progress, &metrics);
+                batches_in_flight += 1;
+                shipping_bytes += bytes;
+                let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
+                let (progress, consumer) = (progress.clone(), consumer.clone());
+                let dlq = cfg.bigquery.dead_letter_table.clone();
+                let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
+                let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
+                // The batch's own task makes its pending records durable, ships
+                // them and lands them, while the loop reads and prepares the next
+                // batch. Its messages are registered as waiting for its keys, so
+                // neither they nor a duplicate of one of its changes complete
+                // before all of that is done.
+                tokio::spawn(
+                    async move {
+                        let result = async {
+                            flush_durably(&wal, wal_batch, &metrics).await?;
+                            crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
+                            ship_and_land(&wal, &sink, &dlq, groups, &origins, &metrics).await
+                        }
+                        .await;
+                        if let Ok(Shipped::Resolved(resolved)) = &result {
+                            // Step 5: complete the messages, commit.
+                            progress::lock(&progress).resolve(&resolved.keys);
+                            commit_ready(&consumer, &progress, &metrics);
+                            metrics.latency.record_since(&produced, now_ms() as i64);
+                        }
+                        let _ = tx.send(BatchDone { result, bytes }).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            continue;
+        }
+        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            Some(done) = done_rx.recv() => {
+                batches_in_flight -= 1;
+                shipping_bytes = shipping_bytes.saturating_sub(done.bytes);
+                metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
+                if done.result? == Shipped::Interrupted {
+                    // Aborted: what was in flight stays pending in the WAL.
+                    return Ok(Stopped::Interrupted);
+                }
+            }
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
+                tracing::info!(in_flight = batches_in_flight, timeout = ?cfg.pipeline.shutdown_timeout, "shutdown requested: draining in-flight batches");
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                // Bounded shutdown: give up on what is still in flight. It is
+                // pending in the WAL (or was never written) and its offsets
+                // were not committed, so the next start re-ships it.
+                let _ = abort.send(true);
+                tracing::warn!(in_flight = batches_in_flight, "shutdown timeout: leaving in-flight changes pending in the WAL");
+                commit_ready(&consumer, &progress, &metrics);
+                metrics.log_summary();
+                return Ok(Stopped::Interrupted);
+            }
+            msg = consumer.recv(), if can_read => {
+                if drain_rebalance_events(&ctx, &mut batch) {
+                    batch_bytes = batch.iter().map(msg_bytes).sum();
+                }
+                match msg {
+                    Ok(m) => {
+                        Metrics::add(&metrics.consumed, 1);
+                        if batch.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
+                        }
+                        let m = Msg::from_kafka(&m);
+                        batch_bytes += msg_bytes(&m);
+                        batch.push(m);
+                        metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            // Only while a batch could be dispatched: a past deadline with every
+            // slot taken would otherwise spin.
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches => {}
+            _ = summary.tick() => metrics.log_summary(),
+            _ = recommit.tick() => {
+                if let Err(e) = kafka::commit(&consumer, &committed_points(&progress)) {
+                    tracing::debug!(error = %e, "offset re-commit not sent");
+                }
+            }
+            _ = prune.tick() => {
+                let w = wal.clone();
+                let before = now_ms().saturating_sub(cfg.wal.retention.as_millis() as u64);
+                match blocking(move || w.prune(before)).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned landed WAL records past retention"),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    // Everything read has landed: commit the final points. A synchronous
+    // commit can wait forever while the coordinator is unreachable, so the
+    // commit is asynchronous and the consumer is served for a bounded time to
+    // deliver it (a message read meanwhile is not acknowledged: redelivered
+    // later, absorbed by the WAL).
+    if let Err(e) = kafka::commit(&consumer, &committed_points(&progress)) {
+        tracing::warn!(error = %e, "final offset commit failed; the next start re-reads and the WAL absorbs the duplicates");
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
+    metrics.log_summary();
+    Ok(Stopped::Drained)
+}

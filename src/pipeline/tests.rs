@@ -1,0 +1,224 @@
+//! Unit tests of the pipeline's steps (no Kafka, no BigQuery).
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::decode::row::{self, COL_OP};
+use crate::key::DedupKey;
+use crate::metrics::Metrics;
+use crate::sink::{RowOutcome, Sink, SinkError};
+use crate::table::LogRow;
+use crate::wal::{DeadLetter, Stage, Wal, WalBatch};
+
+/// BigQuery refusing every row (the dead-letter table's rows too).
+struct RefuseAll;
+
+#[async_trait::async_trait]
+impl Sink for RefuseAll {
+    async fn ship(&self, _table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
+        Ok(rows.iter().map(|_| RowOutcome::Rejected("insertAll invalid: no".into())).collect())
+    }
+}
+
+fn log_row(key: u8, offset: i64) -> LogRow {
+    let mut json = Map::new();
+    json.insert(row::COL_TOPIC.into(), Value::from("dms"));
+    json.insert(row::COL_PARTITION.into(), Value::from(0));
+    json.insert(row::COL_OFFSET.into(), Value::from(offset));
+    LogRow { key: DedupKey([key; 32]), json }
+}
+
+/// Issue 10, item 3: the two rows of one primary-key change, both refused,
+/// are two dead letters (the previous code keyed letters by position: the
+/// second overwrote the first).
+#[tokio::test]
+async fn two_refused_rows_of_one_message_are_two_dead_letters_keeping_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path()).unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
+    let msg = Arc::new(Msg {
+        topic: "dms".into(),
+        offset: 7,
+        key: Some(b"k".to_vec()),
+        payload: Some(b"{\"the\":\"change\"}".to_vec()),
+        produced_ms: Some(1_000),
+        ..Default::default()
+    });
+    let rows = vec![log_row(1, 7), log_row(2, 7)];
+    let origins: Origins = rows.iter().map(|r| (r.key, msg.clone())).collect();
+    let mut b = WalBatch::default();
+    for r in &rows {
+        b.pending(&r.key, &pending_record("t_log", r).unwrap());
+    }
+    wal.flush(b).unwrap();
+    let metrics = Metrics::default();
+    let Shipped::Resolved(resolved) =
+        ship_and_land(&wal, &sink, "dead_letters", vec![("t_log".into(), rows)], &origins, &metrics).await.unwrap()
+    else {
+        panic!("interrupted")
+    };
+    assert_eq!(resolved.keys.len(), 4, "two rows, two dead-letter rows (refused too: kept in the WAL only)");
+    let letters: Vec<DeadLetter> = wal.dead_letters().map(Result::unwrap).collect();
+    assert_eq!(letters.len(), 2);
+    assert_ne!(letters[0].id, letters[1].id);
+    let mut refused: Vec<[u8; 32]> = letters.iter().map(|d| d.row.as_ref().unwrap().key).collect();
+    refused.sort();
+    assert_eq!(refused, vec![[1; 32], [2; 32]]);
+    for d in &letters {
+        assert_eq!((d.offset, d.stage), (7, Stage::BigQuery));
+        assert_eq!(d.message.as_ref().unwrap().value_prefix, msg.payload.clone().unwrap(), "the original message, not the row");
+    }
+}
+
+/// A row refused when re-shipped after a restart (no origin at hand)
+/// keeps the row and the coordinates the row records.
+#[tokio::test]
+async fn a_refused_row_without_its_message_keeps_the_row_and_its_coordinates() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path()).unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
+    let metrics = Metrics::default();
+    let shipped =
+        ship_and_land(&wal, &sink, "dead_letters", vec![("t_log".into(), vec![log_row(3, 9)])], &Origins::new(), &metrics).await.unwrap();
+    assert!(matches!(shipped, Shipped::Resolved(_)), "{shipped:?}");
+    let d = wal.dead_letters().next().unwrap().unwrap();
+    assert_eq!((d.topic.as_str(), d.offset, d.message.is_none()), ("dms", 9, true));
+    assert_eq!(d.row.as_ref().map(|r| (r.table.as_str(), r.key)), Some(("t_log", [3; 32])));
+}
+
+fn config() -> Config {
+    Config::from_toml(
+        r#"
+[kafka]
+bootstrap_servers = "localhost:9092"
+group_id = "landfall"
+topics = ["dms"]
+[wal]
+path = "/tmp/wal"
+[bigquery]
+project = "landfall-local"
+dataset = "d"
+endpoint = "http://127.0.0.1:9050/bigquery/v2"
+auth = { method = "none" }
+[[tables]]
+source = "sales.customers"
+log_table = "customers_log"
+final_table = "customers"
+primary_key = ["id"]
+columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } ]
+"#,
+    )
+    .unwrap()
+}
+
+fn msg(op: &str, table: &str, offset: i64) -> Msg {
+    let text = format!(
+        r#"{{"metadata":{{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"{op}","schema-name":"sales","table-name":"{table}"}}}}"#
+    );
+    Msg { topic: "dms".into(), partition: 0, offset, payload: Some(text.into_bytes()), produced_ms: None, ..Default::default() }
+}
+
+#[test]
+fn ddl_control_records_become_markers_or_reports_and_are_never_dead_lettered() {
+    let (cfg, metrics) = (config(), Metrics::default());
+    // Truncate and drop-table of a routed table: one marker row for its log table.
+    for (op, code) in [("truncate-table", "T"), ("truncate", "T"), ("drop-table", "X")] {
+        match plan(&cfg, &msg(op, "customers", 1), &metrics) {
+            Plan::Rows(rows) => {
+                assert_eq!(rows.len(), 1, "{op}");
+                assert_eq!(rows[0].0, "customers_log");
+                assert_eq!(rows[0].1.json[COL_OP], code);
+                assert!(!rows[0].1.json.contains_key("id"), "a marker has no key columns");
+            }
+            other => panic!("{op}: {other:?}"),
+        }
+    }
+    assert_eq!((Metrics::get(&metrics.truncates), Metrics::get(&metrics.table_drops)), (2, 1));
+    // The rest are reported (counted) and acknowledged.
+    for op in ["rename-table", "add-column", "drop-column", "rename-column", "change-columns", "column-type-change"] {
+        assert!(matches!(plan(&cfg, &msg(op, "customers", 2), &metrics), Plan::Ack), "{op}");
+    }
+    assert_eq!(Metrics::get(&metrics.ddl_reported), 6);
+    // create-table, and any DDL of a table that is not routed, is acknowledged (even with strict routing).
+    assert!(cfg.pipeline.strict_routing);
+    assert!(matches!(plan(&cfg, &msg("create-table", "customers", 3), &metrics), Plan::Ack));
+    for op in ["truncate-table", "drop-table", "add-column"] {
+        assert!(matches!(plan(&cfg, &msg(op, "elsewhere", 4), &metrics), Plan::Ack), "{op}");
+    }
+    assert_eq!(Metrics::get(&metrics.ddl_reported), 6, "unrouted tables are not reported");
+    assert_eq!(Metrics::get(&metrics.control_records), 3 + 6 + 1 + 3);
+    // A truncate that names no table cannot be applied: dead-lettered with the reason.
+    let nameless = Msg {
+        payload: Some(
+            br#"{"metadata":{"timestamp":"2026-11-27T03:28:32Z","record-type":"control","operation":"truncate-table"}}"#.to_vec(),
+        ),
+        ..msg("truncate", "customers", 5)
+    };
+    match plan(&cfg, &nameless, &metrics) {
+        Plan::Dead(d) => assert!(d.reason.contains("names no table"), "{}", d.reason),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn config_with_request_limit(max_request_bytes: usize) -> Config {
+    let mut cfg = config();
+    cfg.bigquery.max_request_bytes = max_request_bytes;
+    cfg
+}
+
+/// A DMS insert into `sales.customers` whose `name` is `text_bytes` long.
+fn large_text_change(id: i64, text_bytes: usize) -> Vec<u8> {
+    let name = "réseau 返品 ".repeat(text_bytes / 20 + 1).chars().take(text_bytes / 2).collect::<String>();
+    let name = format!("{name}{}", "x".repeat(text_bytes.saturating_sub(name.len())));
+    serde_json::to_vec(&serde_json::json!({
+        "data": { "id": id, "name": name },
+        "metadata": {
+            "timestamp": "2026-11-27T10:00:00.000000Z", "record-type": "data", "operation": "insert",
+            "partition-key-type": "schema-table", "schema-name": "sales", "table-name": "customers"
+        }
+    }))
+    .unwrap()
+}
+
+fn big_msg(offset: i64, payload: Vec<u8>) -> Msg {
+    Msg { topic: "dms".into(), partition: 0, offset, payload: Some(payload), ..Default::default() }
+}
+
+#[test]
+fn a_row_larger_than_the_request_limit_is_dead_lettered_whole_at_plan_time() {
+    // Today's code planned it as a row: it was written to the WAL, shipped,
+    // refused by the sink, and only then dead-lettered on its own.
+    let cfg = config_with_request_limit(100_000);
+    let metrics = Metrics::default();
+    let big = large_text_change(1, 150_000);
+    let Plan::Dead(d) = plan(&cfg, &big_msg(7, big.clone()), &metrics) else {
+        panic!("a 150 kB row was planned for a 100 kB request limit")
+    };
+    let size = crate::sink::insert::row_request_bytes(&{
+        let Plan::Rows(rows) = plan(&config_with_request_limit(9_000_000), &big_msg(7, big.clone()), &metrics) else {
+            panic!("rows under the default limit")
+        };
+        rows[0].1.json.clone()
+    });
+    assert!(size > 150_000, "{size}");
+    for part in [size.to_string().as_str(), "100000", "bigquery.max_request_bytes", "customers_log", "whole change"] {
+        assert!(d.reason.contains(part), "`{part}` not in: {}", d.reason);
+    }
+    // The dead letter is the message's, not the row's.
+    let m = d.message.as_ref().unwrap();
+    assert_eq!((d.offset, m.value_len as usize, m.value_hash), (7, big.len(), *blake3::hash(&big).as_bytes()));
+    // A row within the limit is planned as a row.
+    let small = large_text_change(2, 50_000);
+    assert!(matches!(plan(&cfg, &big_msg(8, small), &metrics), Plan::Rows(r) if r.len() == 1));
+}
+
+#[test]
+fn a_row_that_serializes_becomes_a_pending_record_holding_its_json() {
+    let mut json = Map::new();
+    json.insert("a".into(), Value::from(1));
+    let rec = pending_record("t", &LogRow { key: DedupKey([1; 32]), json }).unwrap();
+    assert_eq!((rec.table.as_str(), rec.row.as_slice()), ("t", br#"{"a":1}"#.as_slice()));
+}
