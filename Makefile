@@ -27,13 +27,16 @@ demo:
 	$(CARGO) build --features harness --bins
 	$(WITH_EMULATOR) target/debug/landfall demo
 
-# Unit, property and end-to-end tests (the latter against the emulator),
-# then a short smoke run of each fuzz target.
+# Unit, property and end-to-end tests, the drills and the fuzz smoke
+# (tests/fuzz_smoke.rs: the fuzz checks over stored inputs and mutations, in
+# this build). Each end-to-end test binary starts a BigQuery emulator of its
+# own (tests/support; the venv is installed once, here), unless
+# LANDFALL_BQ_ENDPOINT names one to share.
 test:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 	$(CARGO) build $(FEATURES) --tests --bins
-	$(WITH_EMULATOR) $(CARGO) test $(FEATURES) --all-targets
-	$(MAKE) fuzz-smoke
+	scripts/bq-emulator.sh setup
+	$(CARGO) test $(FEATURES) --all-targets
 
 # Tests that need nothing running.
 unit:
@@ -59,7 +62,7 @@ emulator-setup:
 clean-emulator:
 	rm -rf target/bq-emulator-venv target/bq-emulator-run.*
 
-# Fuzzing (cargo-fuzz, libFuzzer) on the stable toolchain: RUSTC_BOOTSTRAP=1
+# Fuzzing (cargo-fuzz, libFuzzer; the checks are fuzz/checks.rs) on the stable toolchain: RUSTC_BOOTSTRAP=1
 # lets cargo-fuzz use the unstable flags it needs, `-s none` skips the
 # sanitizer (which needs a nightly std). Seeds are in fuzz/seeds/<target>/,
 # the growing corpus in fuzz/corpus/<target>/ (not checked in), crashes in

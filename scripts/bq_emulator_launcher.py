@@ -17,6 +17,8 @@ appended, so the expired ones are at the front); dedup semantics are unchanged.
 Usage: python bq_emulator_launcher.py --host 127.0.0.1 --port P --grpc-port G --project X --data-dir D
 """
 
+import os
+import shutil
 import sys
 import threading
 import time
@@ -67,6 +69,27 @@ tabledata._deduplicate = _deduplicate
 # Outermost middleware; the emulator's own GzipRequests middleware still gunzips the body.
 # The CLI runs uvicorn on "local_bigquery:app", i.e. this same (already imported) app object.
 app.add_middleware(OctetStreamAsJson)
+
+
+
+def _exit_with_owner(owner_pid, cleanup_dir):
+    """LANDFALL_EMULATOR_OWNER_PID: exit (deleting LANDFALL_EMULATOR_CLEANUP_DIR) once that
+    process is gone, for an emulator started by a test binary that cannot stop it itself."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            if cleanup_dir:
+                shutil.rmtree(cleanup_dir, ignore_errors=True)
+            os._exit(0)
+        except PermissionError:
+            pass
+
+
+if os.environ.get("LANDFALL_EMULATOR_OWNER_PID"):
+    threading.Thread(target=_exit_with_owner, daemon=True,
+                     args=(int(os.environ["LANDFALL_EMULATOR_OWNER_PID"]), os.environ.get("LANDFALL_EMULATOR_CLEANUP_DIR"))).start()
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -4,20 +4,23 @@
 //!
 //! The modules follow the path a change takes through the bridge:
 //!
-//! * [`source`]: the Kafka consumer and the per-partition commit tracker that
-//!   never lets a committed offset pass a change that is not yet landed.
+//! * [`source`]: the Kafka consumer, message coordinates, and the
+//!   per-partition commit tracker that never lets a committed offset pass a
+//!   change that is not yet landed.
 //! * [`decode`]: the AWS DMS JSON envelope into a typed [`decode::Change`],
-//!   identifier validation, and conversion of values to BigQuery column types.
+//!   identifier validation, conversion of values to BigQuery column types,
+//!   and the log-table rows of a change.
 //! * [`key`]: the content-hash dedup key (blake3) of a change.
-//! * [`log`]: the sled write-ahead log: pending records, landed marks, dead letters.
-//! * [`table`]: the BigQuery table contract: log-table, tombstone and
-//!   dead-letter columns and names, shared by decode, sink and merge.
+//! * [`wal`]: the sled write-ahead log: pending records, landed marks, dead letters.
 //! * [`sink`]: BigQuery: table creation and `tabledata.insertAll` shipping.
-//! * [`dlq`]: inspecting dead letters and re-driving them after a fix.
 //! * [`merge`]: the MERGE that folds a CDC log table into its final table.
+//! * [`table`]: the BigQuery table contract (the log-table row, columns and
+//!   table names), shared by decode, sink and merge.
+//! * [`dead_letter`]: listing dead letters and re-driving them after a fix.
+//! * [`pipeline`]: the driver that ties the stages together, one file per
+//!   durability step (prepare -> WAL flush -> insertAll -> landed flush ->
+//!   Kafka offset commit).
 //! * [`service`]: the pipeline plus the merge timer, as `landfall run` runs them.
-//! * [`pipeline`]: the driver that ties the stages together and owns the
-//!   ordering of durability steps (WAL flush -> insertAll -> landed flush -> commit).
 //! * [`config`], [`metrics`]: the TOML configuration and the counters.
 //! * [`failpoint`]: kill points for crash drills (armed by feature `drill`).
 //!

@@ -1,21 +1,11 @@
-//! Arbitrary bytes as a WAL record: decoding returns a record or an error,
-//! never panics, and never allocates without bound (the decoder's limit).
+//! Arbitrary bytes as a WAL record (checks::wal_record).
 #![no_main]
 
-use landfall::wal::record::decode;
-use landfall::wal::{DeadLetter, PendingBatch, Record};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+#[allow(dead_code)]
+mod checks;
+#[path = "../../src/merge/sql_check.rs"]
+#[allow(dead_code)]
+mod sql_check;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(r) = decode::<Record>(data) {
-        // What decodes survives a round trip (and always encodes: it fit the limit).
-        let bytes = landfall::wal::record::encode(&r).expect("a decoded record encodes");
-        assert_eq!(decode::<Record>(&bytes).as_ref(), Ok(&r));
-    }
-    let _ = decode::<DeadLetter>(data);
-    let _ = landfall::wal::record::decode_dead_letter(data);
-    if let Ok(b) = decode::<PendingBatch>(data) {
-        let bytes = landfall::wal::record::encode(&b).expect("a decoded record encodes");
-        assert_eq!(decode::<PendingBatch>(&bytes).as_ref(), Ok(&b));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::wal_record(data));

@@ -9,6 +9,8 @@
 //! * [`sim`]: the simulated source database (DMS messages plus the model of
 //!   what each source table holds) and the check of the final tables against
 //!   it, sharing no code with the stages it checks.
+//! * [`emulator`]: a BigQuery emulator of its own (for a drill, or a test
+//!   binary), started with the project's scripts.
 //! * [`mock_kafka`]: librdkafka's mock cluster in its own process, so that a
 //!   bridge can be killed without taking the broker with it.
 //! * [`bench`]: `landfall bench`, the benchmark (docs/performance.md).
@@ -19,5 +21,6 @@ pub mod bench;
 pub mod demo;
 #[cfg(feature = "drill")]
 pub mod drill;
+pub mod emulator;
 pub mod mock_kafka;
 pub mod sim;

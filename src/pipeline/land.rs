@@ -4,86 +4,19 @@
 //! are then shipped to the dead-letter table the same way) in one WAL batch.
 //! A key is resolved only once that flush has returned.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
-use crate::config::Config;
-use crate::decode::row::{self, Coords};
 use crate::decode::Rejection;
 use crate::key::DedupKey;
 use crate::metrics::Metrics;
 use crate::sink::{RowOutcome, Sink, SinkError};
-use crate::source::kafka;
 use crate::table::LogRow;
-use crate::wal::{now_ms, PendingRecord, Wal, WalBatch, WalError};
+use crate::wal::{now_ms, Wal, WalBatch, WalError};
 
 use super::letters::{dead_letter_row, refused_row_letter};
-use super::prepare::{plan, Plan};
-use super::{Msg, PipelineError};
-
-/// The message each row to ship came from: the dead letter of a row
-/// BigQuery refuses keeps that message. Rows re-shipped after a restart have
-/// no message in memory; with [`Origins::reading_kafka`] it is read from
-/// Kafka again (and checked to be the one that built the row).
-#[derive(Default)]
-pub struct Origins {
-    known: HashMap<DedupKey, Arc<Msg>>,
-    reread: Option<Arc<Config>>,
-    /// Set when a read from Kafka failed: the others are not tried (a
-    /// broker that is down would cost each refused row the read timeout).
-    reread_failed: std::sync::atomic::AtomicBool,
-}
-
-impl Origins {
-    pub fn new() -> Origins {
-        Origins::default()
-    }
-
-    /// No message in memory: read a refused row's message from Kafka again.
-    pub fn reading_kafka(cfg: Arc<Config>) -> Origins {
-        Origins { reread: Some(cfg), ..Origins::default() }
-    }
-
-    pub fn insert(&mut self, key: DedupKey, msg: Arc<Msg>) {
-        self.known.insert(key, msg);
-    }
-
-    /// The message of `row`, if it is at hand or can be read again.
-    async fn of(&self, row: &LogRow) -> Option<Arc<Msg>> {
-        if let Some(m) = self.known.get(&row.key) {
-            return Some(m.clone());
-        }
-        use std::sync::atomic::Ordering::Relaxed;
-        let cfg = self.reread.clone().filter(|_| !self.reread_failed.load(Relaxed))?;
-        let at = coords_of(&row.json);
-        let key = row.key;
-        let read = tokio::task::spawn_blocking(move || {
-            let msg = kafka::read_one(&cfg.kafka, &at.topic, at.partition, at.offset, Duration::from_secs(10))?;
-            // The offset may hold another message now (a re-created topic).
-            Some(match plan(&cfg, &msg, &Metrics::default()) {
-                Plan::Rows(rows) if rows.iter().any(|(_, r)| r.key == key) => Some(Arc::new(msg)),
-                _ => None,
-            })
-        })
-        .await
-        .ok()
-        .flatten();
-        if read.is_none() {
-            self.reread_failed.store(true, Relaxed);
-            tracing::warn!(key = %row.key, "could not read a refused row's message from Kafka again; its dead letter (and any later one of this recovery) keeps the row only");
-        }
-        read.flatten()
-    }
-}
-
-impl FromIterator<(DedupKey, Arc<Msg>)> for Origins {
-    fn from_iter<I: IntoIterator<Item = (DedupKey, Arc<Msg>)>>(iter: I) -> Origins {
-        Origins { known: iter.into_iter().collect(), ..Origins::default() }
-    }
-}
+use super::prepare::{pending_record, Groups, Origins};
+use super::PipelineError;
 
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, WalError> + Send + 'static) -> Result<T, PipelineError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| PipelineError::Task(e.to_string()))?.map_err(PipelineError::from)
@@ -112,19 +45,6 @@ pub async fn flush_durably(wal: &Wal, batch: WalBatch, metrics: &Metrics) -> Res
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Rows grouped by destination table.
-pub type Groups = Vec<(String, Vec<LogRow>)>;
-
-pub fn group(rows: impl IntoIterator<Item = (String, LogRow)>) -> Groups {
-    let mut map: HashMap<String, Vec<LogRow>> = HashMap::new();
-    for (table, row) in rows {
-        map.entry(table).or_default().push(row);
-    }
-    let mut v: Groups = map.into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// What [`ship_and_land`] did.
@@ -224,24 +144,4 @@ pub async fn ship_and_land(
     flush_durably(wal, batch, metrics).await?;
     crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
     Ok(Shipped::Resolved(Resolved { keys: resolved, landed, dead_lettered: 0 }))
-}
-
-/// The Kafka coordinates a log row records.
-pub(super) fn coords_of(json: &Map<String, Value>) -> Coords {
-    Coords {
-        topic: json.get(row::COL_TOPIC).and_then(Value::as_str).unwrap_or("").to_owned(),
-        partition: json.get(row::COL_PARTITION).and_then(Value::as_i64).unwrap_or(-1) as i32,
-        offset: json.get(row::COL_OFFSET).and_then(Value::as_i64).unwrap_or(-1),
-    }
-}
-
-/// The WAL record of a row to ship. A row that does not serialize is an
-/// error, never an empty record (which recovery would refuse as damaged).
-pub fn pending_record(table: &str, row: &LogRow) -> Result<PendingRecord, PipelineError> {
-    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
-        table: table.to_owned(),
-        key: row.key.to_hex(),
-        message: e.to_string(),
-    })?;
-    Ok(PendingRecord { table: table.to_owned(), row: json, written_at_ms: now_ms() })
 }

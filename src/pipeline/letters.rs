@@ -12,7 +12,6 @@ use crate::key::DedupKey;
 use crate::table::*;
 use crate::wal::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Stage};
 
-use super::land::coords_of;
 use super::{Msg, PipelineError};
 
 /// Dead letters keep at most this much of the message value (plus its hash and length).
@@ -100,4 +99,13 @@ pub fn dead_letter_row(d: &DeadLetter) -> LogRow {
     }
     json.insert(COL_DL_AT.into(), Value::String(crate::decode::value::format_timestamp_micros(d.at_ms as i64 * 1000)));
     LogRow { key, json }
+}
+
+/// The Kafka coordinates a log row records.
+pub(super) fn coords_of(json: &Map<String, Value>) -> Coords {
+    Coords {
+        topic: json.get(COL_TOPIC).and_then(Value::as_str).unwrap_or("").to_owned(),
+        partition: json.get(COL_PARTITION).and_then(Value::as_i64).unwrap_or(-1) as i32,
+        offset: json.get(COL_OFFSET).and_then(Value::as_i64).unwrap_or(-1),
+    }
 }

@@ -39,7 +39,8 @@
 //!
 //! * [`prepare`]: steps 1 and 2: [`plan`] decides what becomes of a message
 //!   (rows, a dead letter, or nothing), [`prepare::prepare`] registers what
-//!   each message waits for and builds the WAL batch of the new rows;
+//!   each message waits for and builds the WAL batch of the new rows (their
+//!   pending records, grouped by table, with the message of each: [`Origins`]);
 //! * [`letters`]: the dead letters of messages and of refused rows;
 //! * [`land`]: the WAL flush of pending records, then steps 3 and 4
 //!   ([`ship_and_land`]);
@@ -61,9 +62,9 @@ mod tests;
 
 pub use crate::source::message::Msg;
 pub use commit::committed_offsets;
-pub use land::{flush_durably, group, pending_record, ship_and_land, Groups, Origins, Resolved, Shipped};
+pub use land::{flush_durably, ship_and_land, Resolved, Shipped};
 pub use letters::{dead_letter, dead_letter_row, kept_message, refused_row_letter, DEAD_LETTER_PAYLOAD_LIMIT};
-pub use prepare::{msg_bytes, plan, Plan};
+pub use prepare::{group, msg_bytes, pending_record, plan, Groups, Origins, Plan};
 pub use recover::{recover, Recovered};
 pub use run::run;
 

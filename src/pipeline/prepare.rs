@@ -4,18 +4,21 @@
 //! flight wait for it, and the rest become the batch's pending WAL records.
 //! Nothing here writes: the caller flushes the WAL batch before shipping.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::decode::row::{self, Coords};
 use crate::decode::{dms, Control, ControlKind, Decoded, Rejection};
+use crate::key::DedupKey;
 use crate::metrics::Metrics;
+use crate::source::kafka;
 use crate::source::progress::{self, SharedProgress};
 use crate::table::LogRow;
-use crate::wal::{DeadLetter, KeyState, Wal, WalBatch};
+use crate::wal::{now_ms, DeadLetter, KeyState, PendingRecord, Wal, WalBatch};
 
-use super::land::{group, pending_record, Groups, Origins};
-use super::letters::{dead_letter, dead_letter_row};
+use super::letters::{coords_of, dead_letter, dead_letter_row};
 use super::{Msg, PipelineError, COUNTER_DUPLICATES_ABSORBED};
 
 /// What becomes of one message.
@@ -47,7 +50,7 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
                     // own, leaving the rest of its change (the delete half of
                     // a primary-key change) applied: the message goes whole.
                     for r in &rows {
-                        let size = crate::sink::insert::row_request_bytes(&r.json);
+                        let size = crate::sink::request::row_request_bytes(&r.json);
                         if size > cfg.bigquery.max_request_bytes {
                             return Err(Rejection::RowTooLarge {
                                 table: route.log_table.clone(),
@@ -209,4 +212,89 @@ pub async fn prepare(
         wal_batch.add_to_counter(COUNTER_DUPLICATES_ABSORBED, absorbed);
     }
     Ok(Prepared { groups: group(to_ship), wal_batch, origins })
+}
+
+/// The message each row to ship came from: the dead letter of a row
+/// BigQuery refuses keeps that message. Rows re-shipped after a restart have
+/// no message in memory; with [`Origins::reading_kafka`] it is read from
+/// Kafka again (and checked to be the one that built the row).
+#[derive(Default)]
+pub struct Origins {
+    known: HashMap<DedupKey, Arc<Msg>>,
+    reread: Option<Arc<Config>>,
+    /// Set when a read from Kafka failed: the others are not tried (a
+    /// broker that is down would cost each refused row the read timeout).
+    reread_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Origins {
+    pub fn new() -> Origins {
+        Origins::default()
+    }
+
+    /// No message in memory: read a refused row's message from Kafka again.
+    pub fn reading_kafka(cfg: Arc<Config>) -> Origins {
+        Origins { reread: Some(cfg), ..Origins::default() }
+    }
+
+    pub fn insert(&mut self, key: DedupKey, msg: Arc<Msg>) {
+        self.known.insert(key, msg);
+    }
+
+    /// The message of `row`, if it is at hand or can be read again.
+    pub(super) async fn of(&self, row: &LogRow) -> Option<Arc<Msg>> {
+        if let Some(m) = self.known.get(&row.key) {
+            return Some(m.clone());
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let cfg = self.reread.clone().filter(|_| !self.reread_failed.load(Relaxed))?;
+        let at = coords_of(&row.json);
+        let key = row.key;
+        let read = tokio::task::spawn_blocking(move || {
+            let msg = kafka::read_one(&cfg.kafka, &at.topic, at.partition, at.offset, Duration::from_secs(10))?;
+            // The offset may hold another message now (a re-created topic).
+            Some(match plan(&cfg, &msg, &Metrics::default()) {
+                Plan::Rows(rows) if rows.iter().any(|(_, r)| r.key == key) => Some(Arc::new(msg)),
+                _ => None,
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        if read.is_none() {
+            self.reread_failed.store(true, Relaxed);
+            tracing::warn!(key = %row.key, "could not read a refused row's message from Kafka again; its dead letter (and any later one of this recovery) keeps the row only");
+        }
+        read.flatten()
+    }
+}
+
+impl FromIterator<(DedupKey, Arc<Msg>)> for Origins {
+    fn from_iter<I: IntoIterator<Item = (DedupKey, Arc<Msg>)>>(iter: I) -> Origins {
+        Origins { known: iter.into_iter().collect(), ..Origins::default() }
+    }
+}
+
+/// Rows grouped by destination table.
+pub type Groups = Vec<(String, Vec<LogRow>)>;
+
+pub fn group(rows: impl IntoIterator<Item = (String, LogRow)>) -> Groups {
+    let mut map: HashMap<String, Vec<LogRow>> = HashMap::new();
+    for (table, row) in rows {
+        map.entry(table).or_default().push(row);
+    }
+    let mut v: Groups = map.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The WAL record of a row to ship. A row that does not serialize is an
+/// error, never an empty record (which recovery would refuse as damaged).
+pub fn pending_record(table: &str, row: &LogRow) -> Result<PendingRecord, PipelineError> {
+    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
+        table: table.to_owned(),
+        key: row.key.to_hex(),
+        message: e.to_string(),
+    })?;
+    Ok(PendingRecord { table: table.to_owned(), row: json, written_at_ms: now_ms() })
 }

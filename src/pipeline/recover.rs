@@ -13,7 +13,8 @@ use crate::sink::Sink;
 use crate::table::LogRow;
 use crate::wal::{PendingRecord, Wal};
 
-use super::land::{blocking, group, ship_and_land, Origins, Shipped};
+use super::land::{blocking, ship_and_land, Shipped};
+use super::prepare::{group, Origins};
 use super::PipelineError;
 
 /// How recovery ended.

@@ -197,7 +197,7 @@ fn a_row_larger_than_the_request_limit_is_dead_lettered_whole_at_plan_time() {
     let Plan::Dead(d) = plan(&cfg, &big_msg(7, big.clone()), &metrics) else {
         panic!("a 150 kB row was planned for a 100 kB request limit")
     };
-    let size = crate::sink::insert::row_request_bytes(&{
+    let size = crate::sink::request::row_request_bytes(&{
         let Plan::Rows(rows) = plan(&config_with_request_limit(9_000_000), &big_msg(7, big.clone()), &metrics) else {
             panic!("rows under the default limit")
         };

@@ -1,11 +1,15 @@
 //! Sink: BigQuery. Table creation ([`schema`]), the client and its error
-//! classification ([`client`]), and shipping rows with insertAll ([`insert`]).
+//! classification ([`client`]), and shipping rows with insertAll, split as
+//! request building ([`request`]), answer reading ([`response`]) and the
+//! sink that drives them with retries and backoff ([`insert`]).
 //! [`discard`] drops rows instead (`[sink] kind = "discard"`), to measure the
 //! bridge without an endpoint.
 
 pub mod client;
 pub mod discard;
 pub mod insert;
+pub mod request;
+pub mod response;
 pub mod schema;
 
 pub use client::BigQuery;

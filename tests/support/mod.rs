@@ -1,5 +1,6 @@
-//! Shared set-up of the end-to-end tests: the BigQuery emulator that
-//! `make test` started (never skipped: a missing emulator fails the test),
+//! Shared set-up of the end-to-end tests: a BigQuery emulator for this test
+//! binary (the one `LANDFALL_BQ_ENDPOINT` names, else one started for this
+//! process; never skipped: an emulator that cannot start fails the test),
 //! a fresh dataset and WAL directory per test, and the demo's config.
 
 #![allow(dead_code)]
@@ -20,10 +21,22 @@ pub fn init_logs() {
     }
 }
 
+/// The emulator's REST base URL. Each test binary starts its own (a fresh
+/// catalog: the emulator slows down with every table it holds), which stops
+/// by itself when the binary exits.
 pub fn endpoint() -> String {
     init_logs();
-    std::env::var("LANDFALL_BQ_ENDPOINT")
-        .expect("LANDFALL_BQ_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts the local BigQuery emulator")
+    if let Ok(e) = std::env::var("LANDFALL_BQ_ENDPOINT") {
+        return e;
+    }
+    static EMULATOR: std::sync::OnceLock<landfall::harness::emulator::Emulator> = std::sync::OnceLock::new();
+    EMULATOR
+        .get_or_init(|| {
+            landfall::harness::emulator::Emulator::start_owned()
+                .unwrap_or_else(|e| panic!("cannot start the BigQuery emulator for the end-to-end tests: {e:#}"))
+        })
+        .endpoint
+        .clone()
 }
 
 pub fn project() -> String {

@@ -10,7 +10,7 @@ use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAl
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::KafkaConfig;
-use crate::sink::insert::gzip_body;
+use crate::sink::request::gzip_body;
 use crate::sink::{BigQuery, LogRow};
 
 /// A measured rate: items and payload bytes over a time span.

@@ -13,7 +13,6 @@
 //! [`proxy`] is the BigQuery fault proxy the fault-injection tests put in
 //! front of the emulator.
 
-pub mod emulator;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -209,7 +208,7 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     };
     let emulator = match &opts.endpoint {
         Some(_) => None,
-        None => Some(emulator::Emulator::start().await?),
+        None => Some(tokio::task::spawn_blocking(crate::harness::emulator::Emulator::start).await??),
     };
     let endpoint = opts.endpoint.clone().or_else(|| emulator.as_ref().map(|e| e.endpoint.clone())).unwrap_or_default();
     let topic = "dms.drill";
