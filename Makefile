@@ -29,14 +29,15 @@ demo:
 
 # Unit, property and end-to-end tests, the drills and the fuzz smoke
 # (tests/fuzz_smoke.rs: the fuzz checks over stored inputs and mutations, in
-# this build). Each end-to-end test binary starts a BigQuery emulator of its
-# own (tests/support; the venv is installed once, here), unless
-# LANDFALL_BQ_ENDPOINT names one to share.
+# this build), every target of `cargo test --all-targets`, two test binaries
+# at a time (scripts/test-lanes.sh). Each end-to-end test binary starts a
+# BigQuery emulator of its own (tests/support; the venv is installed once,
+# here), unless LANDFALL_BQ_ENDPOINT names one to share.
 test:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 	$(CARGO) build $(FEATURES) --tests --bins
 	scripts/bq-emulator.sh setup
-	$(CARGO) test $(FEATURES) --all-targets
+	scripts/test-lanes.sh $(FEATURES)
 
 # Tests that need nothing running.
 unit:

@@ -25,7 +25,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum DlqAction {
+enum DeadLetterAction {
     /// One line per dead letter: id, stage, size, replayed or not, reason.
     List,
     /// Everything recorded of a dead letter: its message (key, headers,
@@ -91,7 +91,7 @@ enum Command {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
         config: PathBuf,
         #[command(subcommand)]
-        action: DlqAction,
+        action: DeadLetterAction,
     },
     /// Crash-recovery drill: kill -9 the bridge at random moments and at every
     /// failpoint, take over with a second bridge, then verify (feature `drill`).
@@ -250,9 +250,9 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { config, action } => {
             let cfg = Config::load(&config)?;
             match action {
-                DlqAction::List => print!("{}", dead_letter::Listing::read(&landfall::wal::Wal::open(&cfg.wal.path)?)?),
-                DlqAction::Show { id } => print!("{}", dead_letter::Shown::read(&landfall::wal::Wal::open(&cfg.wal.path)?, &id)?),
-                DlqAction::Replay { ids, all } => {
+                DeadLetterAction::List => print!("{}", dead_letter::Listing::read(&landfall::wal::Wal::open(&cfg.wal.path)?)?),
+                DeadLetterAction::Show { id } => print!("{}", dead_letter::Shown::read(&landfall::wal::Wal::open(&cfg.wal.path)?, &id)?),
+                DeadLetterAction::Replay { ids, all } => {
                     let report = dead_letter::replay_command(&cfg, &ids, all).await?;
                     print!("{report}");
                     return Ok(status(report.still_failing() == 0));

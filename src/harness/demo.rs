@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 
 use crate::config::{Config, TableConfig};
@@ -40,8 +40,23 @@ pub struct LocalKafka {
 }
 
 impl LocalKafka {
+    /// A one-broker mock cluster with `topic`. A consumer group's first join
+    /// is served at once (librdkafka's mock broker waits 3 s by default, the
+    /// `group.initial.rebalance.delay.ms` of a real broker, and every test
+    /// restarts bridges many times). The broker lives as long as the process.
     pub fn start(topic: &str, partitions: i32) -> anyhow::Result<LocalKafka> {
-        let cluster = MockCluster::new(1)?;
+        // The safe API has no setter for the delay: the cluster is reached
+        // through a client handle that owns it, which is kept for the rest
+        // of the process (so the cluster can be `'static`).
+        let owner: &'static BaseProducer = Box::leak(Box::new(ClientConfig::new().set("test.mock.num.brokers", "1").create()?));
+        // SAFETY: the handle belongs to `owner`, which is never dropped; the
+        // function only stores the value in the cluster's defaults.
+        unsafe {
+            let mcluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+            anyhow::ensure!(!mcluster.is_null(), "no mock cluster handle");
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mcluster, 0);
+        }
+        let cluster = owner.client().mock_cluster().ok_or_else(|| anyhow::anyhow!("librdkafka did not create a mock cluster"))?;
         cluster.create_topic(topic, partitions, 1)?;
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())

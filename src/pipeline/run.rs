@@ -98,7 +98,7 @@ pub async fn run(
                 shipping_bytes += bytes;
                 let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
                 let (progress, consumer) = (progress.clone(), consumer.clone());
-                let dlq = cfg.bigquery.dead_letter_table.clone();
+                let dead_letter_table = cfg.bigquery.dead_letter_table.clone();
                 let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
                 let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
                 // The batch's own task makes its pending records durable, ships
@@ -111,7 +111,7 @@ pub async fn run(
                         let result = async {
                             flush_durably(&wal, wal_batch, &metrics).await?;
                             crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
-                            ship_and_land(&wal, &sink, &dlq, groups, &origins, &metrics).await
+                            ship_and_land(&wal, &sink, &dead_letter_table, groups, &origins, &metrics).await
                         }
                         .await;
                         if let Ok(Shipped::Resolved(resolved)) = &result {
