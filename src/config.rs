@@ -336,12 +336,25 @@ pub struct ObservabilityConfig {
     /// Period of the summary log line with every counter.
     #[serde(default = "default_summary_interval", with = "humantime_serde")]
     pub summary_interval: Duration,
+    /// Address of the HTTP listener serving `/metrics` (Prometheus),
+    /// `/health/live`, `/health/ready` and `/status`; none: no listener.
+    /// Port 0 picks a free port (logged at start).
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/health/ready` answers 503 when there is work (messages behind,
+    /// rows pending or in flight) and no commit point moved forward for this long.
+    #[serde(default = "default_ready_within", with = "humantime_serde")]
+    pub ready_within: Duration,
 }
 
 impl Default for ObservabilityConfig {
     fn default() -> Self {
-        Self { summary_interval: default_summary_interval() }
+        Self { summary_interval: default_summary_interval(), listen: None, ready_within: default_ready_within() }
     }
+}
+
+fn default_ready_within() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// The WAL's page cache unless `wal.cache_bytes` says otherwise. sled's
@@ -550,6 +563,9 @@ impl Config {
         }
         if bq.log_partition_expiration <= self.merge.interval + self.merge.overlap {
             return Err(invalid("bigquery.log_partition_expiration", "must exceed merge.interval + merge.overlap"));
+        }
+        if self.observability.ready_within.is_zero() {
+            return Err(invalid("observability.ready_within", "must be greater than 0"));
         }
         if self.observability.summary_interval.is_zero() {
             return Err(invalid("observability.summary_interval", "must be greater than 0"));

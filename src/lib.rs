@@ -21,7 +21,9 @@
 //!   durability step (prepare -> WAL flush -> insertAll -> landed flush ->
 //!   Kafka offset commit).
 //! * [`service`]: the pipeline plus the merge timer, as `landfall run` runs them.
-//! * [`config`], [`metrics`]: the TOML configuration and the counters.
+//! * [`status`]: `landfall status`, from the running service or from the WAL and Kafka.
+//! * [`config`], [`metrics`], [`observe`]: the TOML configuration, the
+//!   counters, and the HTTP listener serving them (`/metrics`, health, status).
 //! * [`failpoint`]: kill points for crash drills (armed by feature `drill`).
 //!
 //! Beside the stages, behind the `harness` feature and never in a production
@@ -40,9 +42,11 @@ pub mod harness;
 pub mod key;
 pub mod merge;
 pub mod metrics;
+pub mod observe;
 pub mod pipeline;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod table;
 pub mod wal;

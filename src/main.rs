@@ -63,6 +63,15 @@ enum Command {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
         config: PathBuf,
     },
+    /// Where the bridge stands, per partition and table: asks the running
+    /// service (observability.listen), else reads the WAL and Kafka.
+    Status {
+        #[arg(long, short, env = "LANDFALL_CONFIG")]
+        config: PathBuf,
+        /// Print one JSON object instead of the tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file without connecting to anything.
     Validate {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
@@ -230,6 +239,15 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             // wait for blocking work that may hang on an unreachable peer
             // (closing the Kafka consumer): everything acknowledged is durable.
             std::process::exit(end.exit_code());
+        }
+        Command::Status { config, json } => {
+            let report = landfall::status::read(&Config::load(&config)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.status)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Merge { config, full, table } => {
             let run = merge_command::merge_now(&Arc::new(Config::load(&config)?), full, table.as_deref()).await?;

@@ -1,14 +1,19 @@
-//! Counters, and the periodic summary line that prints them.
+//! Counters, and the periodic summary line that prints them. The same
+//! values are served in the Prometheus text format by [`crate::observe`]
+//! (`/metrics`), which reads them at each scrape.
 //!
 //! Every counter only grows, except the gauges `paused_tables` (a set of
 //! names) and `inflight_bytes` (whose high-water mark `inflight_bytes_max`
 //! only grows). `landfall run` logs a summary every
 //! `observability.summary_interval`, with the commit point of every partition.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as Buckets};
 
 use crate::source::tracker::TopicPartition;
 
@@ -22,16 +27,21 @@ pub struct Metrics {
     pub shipped: AtomicU64,
     /// Rows BigQuery accepted and the WAL marked landed.
     pub landed: AtomicU64,
-    /// Messages and rows recorded as dead letters.
+    /// Messages and rows recorded as dead letters; and by the stage that
+    /// refused them (`decode`: the message; `bigquery`: a row BigQuery refused).
     pub dead_lettered: AtomicU64,
+    pub dead_lettered_decode: AtomicU64,
+    pub dead_lettered_bigquery: AtomicU64,
     /// Changes that arrived without DMS transaction details
     /// (`IncludeTransactionDetails=false`): their identity includes the Kafka
     /// position (docs/design.md, "Change identity").
     pub changes_without_transaction_details: AtomicU64,
     /// Tables already warned about changes without transaction details.
     pub warned_without_transaction_details: Mutex<std::collections::BTreeSet<String>>,
-    /// Control records read (every kind).
+    /// Control records read (every kind), and by kind (`truncate-table`,
+    /// `add-column`, ...).
     pub control_records: AtomicU64,
+    pub control_kinds: Mutex<BTreeMap<String, u64>>,
     /// Truncate and drop-table control records of routed tables, planned as
     /// marker rows of their log tables (a redelivery counts again).
     pub truncates: AtomicU64,
@@ -48,9 +58,13 @@ pub struct Metrics {
     pub paused_tables: Mutex<std::collections::BTreeSet<String>>,
     /// Changes for unrouted tables acknowledged without shipping (non-strict routing).
     pub skipped: AtomicU64,
-    /// insertAll requests sent, and those retried.
+    /// insertAll requests sent, those retried, and those that failed as a
+    /// whole (an HTTP error or timeout: retried, or split to find a bad row).
     pub requests: AtomicU64,
     pub request_retries: AtomicU64,
+    pub request_failures: AtomicU64,
+    /// Seconds per insertAll request, answered or failed.
+    pub request_seconds: Seconds,
     /// insertAll responses with an error entry that names no row of the
     /// request: nothing was marked landed and the request was re-sent.
     pub untrusted_responses: AtomicU64,
@@ -79,6 +93,9 @@ pub struct Metrics {
     pub merges: AtomicU64,
     pub merged_rows: AtomicU64,
     pub merge_failures: AtomicU64,
+    /// Per final table: merges done and failed, rows changed, the last
+    /// merge's duration and when the last one succeeded.
+    pub table_merges: Mutex<BTreeMap<String, TableMerges>>,
     /// Message bytes read and not yet through their ship task (the batch
     /// being read plus the batches in flight), bounded by
     /// `pipeline.max_inflight_bytes` plus one message; and its high-water mark.
@@ -86,6 +103,50 @@ pub struct Metrics {
     pub inflight_bytes_max: AtomicU64,
     /// Last committed offset per partition.
     pub committed: Mutex<Vec<(TopicPartition, i64)>>,
+    /// Per partition: the next offset to read after the last message read,
+    /// and the high watermark (from librdkafka's statistics).
+    pub consumed_offsets: Mutex<BTreeMap<TopicPartition, i64>>,
+    pub high_watermarks: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// When the pipeline began consuming (after recovery) and when a
+    /// commit point last moved forward (ms since the epoch; 0: not yet).
+    pub consuming_since_ms: AtomicU64,
+    pub last_commit_advance_ms: AtomicU64,
+}
+
+/// What the merges of one final table did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableMerges {
+    pub merges: u64,
+    pub failures: u64,
+    pub rows: u64,
+    pub last_seconds: f64,
+    /// ms since the epoch; 0: never.
+    pub last_success_ms: u64,
+}
+
+/// A histogram of durations in seconds (5 ms to about 3 minutes), as
+/// `/metrics` serves it.
+#[derive(Debug)]
+pub struct Seconds(pub Buckets);
+
+impl Default for Seconds {
+    fn default() -> Self {
+        Seconds(Buckets::new(exponential_buckets(0.005, 2.0, 16)))
+    }
+}
+
+impl Seconds {
+    pub fn observe(&self, d: Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -106,14 +167,80 @@ impl Metrics {
     }
 
     pub fn record_commits(&self, points: &[(TopicPartition, i64)]) {
-        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.committed);
+        let mut advanced = false;
         for (tp, off) in points {
             match c.iter_mut().find(|(t, _)| t == tp) {
-                Some(entry) => entry.1 = *off,
-                None => c.push((tp.clone(), *off)),
+                Some(entry) => {
+                    advanced |= *off > entry.1;
+                    entry.1 = *off;
+                }
+                None => {
+                    advanced = true;
+                    c.push((tp.clone(), *off));
+                }
             }
         }
         c.sort();
+        if advanced {
+            self.last_commit_advance_ms.store(now_ms(), Relaxed);
+        }
+    }
+
+    /// The next offset to read, per partition, after a batch was read.
+    pub fn record_consumed(&self, read: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        let mut c = lock(&self.consumed_offsets);
+        for (tp, next) in read {
+            let e = c.entry(tp).or_insert(next);
+            *e = (*e).max(next);
+        }
+    }
+
+    /// High watermarks from librdkafka's statistics.
+    pub fn record_high_watermarks(&self, marks: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        let mut h = lock(&self.high_watermarks);
+        for (tp, hw) in marks {
+            h.insert(tp, hw);
+        }
+    }
+
+    /// Messages behind per partition: high watermark minus commit point
+    /// (partitions whose high watermark is known).
+    pub fn lag(&self) -> Vec<(TopicPartition, i64)> {
+        let committed = lock(&self.committed).clone();
+        let marks = lock(&self.high_watermarks);
+        marks
+            .iter()
+            .map(|(tp, hw)| {
+                let at = committed.iter().find(|(t, _)| t == tp).map_or(0, |(_, o)| *o);
+                (tp.clone(), (hw - at).max(0))
+            })
+            .collect()
+    }
+
+    /// Counts a dead letter under its stage (`Stage::name`: `decode` or `bigquery`).
+    pub fn dead_letter(&self, stage: &str) {
+        Self::add(&self.dead_lettered, 1);
+        Self::add(if stage == "bigquery" { &self.dead_lettered_bigquery } else { &self.dead_lettered_decode }, 1);
+    }
+
+    /// Counts a control record of `kind`.
+    pub fn control_record(&self, kind: &str) {
+        Self::add(&self.control_records, 1);
+        *lock(&self.control_kinds).entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn merge_succeeded(&self, table: &str, rows: u64, took: Duration) {
+        let mut t = lock(&self.table_merges);
+        let m = t.entry(table.to_owned()).or_default();
+        m.merges += 1;
+        m.rows += rows;
+        m.last_seconds = took.as_secs_f64();
+        m.last_success_ms = now_ms();
+    }
+
+    pub fn merge_failed(&self, table: &str) {
+        lock(&self.table_merges).entry(table.to_owned()).or_default().failures += 1;
     }
 
     /// Counts a change without transaction details; logs a warning the first
@@ -179,13 +306,18 @@ impl Metrics {
     }
 }
 
-/// A histogram of latencies in milliseconds (1 ms to 1 day, 2 significant digits).
+/// A histogram of latencies in milliseconds (1 ms to 1 day, 2 significant
+/// digits) for the summary's percentiles, and the same samples in seconds in
+/// buckets (10 ms to about 1.5 days) for `/metrics`.
 #[derive(Debug)]
-pub struct Latency(Mutex<Histogram<u64>>);
+pub struct Latency(Mutex<Histogram<u64>>, pub Buckets);
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency(Mutex::new(Histogram::new_with_bounds(1, 86_400_000, 2).expect("static histogram bounds are valid")))
+        Latency(
+            Mutex::new(Histogram::new_with_bounds(1, 86_400_000, 2).expect("static histogram bounds are valid")),
+            Buckets::new(exponential_buckets(0.01, 2.0, 24)),
+        )
     }
 }
 
@@ -197,7 +329,9 @@ impl Latency {
         }
         let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for &t in produced_ms {
-            h.saturating_record(now_ms.saturating_sub(t).max(1) as u64);
+            let ms = now_ms.saturating_sub(t).max(1) as u64;
+            h.saturating_record(ms);
+            self.1.observe(ms as f64 / 1000.0);
         }
     }
 

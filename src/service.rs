@@ -25,6 +25,8 @@ pub enum StartError {
     Client(#[from] crate::sink::client::ClientError),
     #[error(transparent)]
     Schema(#[from] crate::sink::schema::SchemaError),
+    #[error(transparent)]
+    Listen(#[from] crate::observe::ListenError),
 }
 
 pub struct Service {
@@ -37,6 +39,10 @@ pub struct Service {
     finished: watch::Receiver<bool>,
     /// The periodic merge (none with the discard sink).
     merge_task: Option<JoinHandle<()>>,
+    /// The address `/metrics`, `/health/*` and `/status` are served on
+    /// (`observability.listen`; with port 0, the port picked).
+    pub observe_addr: Option<std::net::SocketAddr>,
+    observe_task: Option<JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
 }
 
@@ -53,6 +59,19 @@ impl Service {
         pin_settings(&wal, &cfg)?;
         let metrics: SharedMetrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // The listener first: health checks answer (not ready) while the
+        // tables are created and pending records re-shipped.
+        let (observe_addr, observe_task) = match cfg.observability.listen {
+            None => (None, None),
+            Some(addr) => {
+                let listener = crate::observe::bind(addr).await?;
+                let bound = listener.local_addr().ok();
+                tracing::info!(addr = ?bound, "serving /metrics, /health/live, /health/ready and /status");
+                let observed =
+                    crate::observe::Observed { metrics: metrics.clone(), wal: wal.clone(), ready_within: cfg.observability.ready_within };
+                (bound, Some(tokio::spawn(crate::observe::serve(listener, observed))))
+            }
+        };
         let (abort, abort_rx) = watch::channel(false);
         let (sink, merge_task): (Arc<dyn Sink>, _) = match cfg.sink.kind {
             SinkKind::Bigquery => {
@@ -75,7 +94,7 @@ impl Service {
             let _ = finished_tx.send(true);
             stopped
         });
-        Ok(Service { metrics, wal, shutdown, pipeline, finished, merge_task, shutdown_timeout })
+        Ok(Service { metrics, wal, shutdown, pipeline, finished, merge_task, observe_addr, observe_task, shutdown_timeout })
     }
 
     /// True once the pipeline has stopped (e.g. on a fatal error).
@@ -98,7 +117,9 @@ impl Service {
     /// and the WAL is consistent at any point (the kill -9 drills).
     pub async fn stop(self) -> Result<Stopped, PipelineError> {
         let _ = self.shutdown.send(true);
-        let (pipeline, merge_task) = (self.pipeline, self.merge_task);
+        let (pipeline, merge_task, observe_task) = (self.pipeline, self.merge_task, self.observe_task);
+        // The listener answers until the stop is over (a drain is not a death).
+        let _observe = observe_task.map(AbortOnDrop);
         let stopping = async move {
             let result = match pipeline.await {
                 Ok(r) => r,
@@ -119,6 +140,15 @@ impl Service {
                 Ok(Stopped::Abandoned)
             }
         }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -200,6 +200,17 @@ impl Merger {
     /// Merges one table. `full` ignores the watermark and reads the whole log.
     #[tracing::instrument(skip_all, fields(table = %t.final_table, full))]
     pub async fn merge_table(&self, t: &TableConfig, full: bool) -> Result<MergeReport, MergeError> {
+        let started = std::time::Instant::now();
+        let result = self.merge_once(t, full).await;
+        match &result {
+            Ok(r) if r.paused_by_drop.is_none() => self.metrics.merge_succeeded(&r.table, r.affected_rows, started.elapsed()),
+            Ok(_) => {}
+            Err(_) => self.metrics.merge_failed(&t.final_table),
+        }
+        result
+    }
+
+    async fn merge_once(&self, t: &TableConfig, full: bool) -> Result<MergeReport, MergeError> {
         let name = t.final_table.as_str();
         let ident = |source| MergeError::Identifier { table: name.into(), source };
         let _guard = match self.locks.get(name) {

@@ -127,7 +127,9 @@ pub async fn ship_and_land(
             batch.dead_letter(d);
             batch.pending(&r.key, &pending_record(dead_letter_table, r)?);
         }
-        Metrics::add(&metrics.dead_lettered, dead.len() as u64);
+        for d in &dead {
+            metrics.dead_letter(d.stage.name());
+        }
         flush_durably(wal, batch, metrics).await?;
         crate::failpoint::hit(crate::failpoint::AFTER_LANDED_FLUSH);
         let more =

@@ -89,7 +89,7 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
 /// * `create-table`, and anything for a table that is not routed, is logged
 ///   and acknowledged: a control record is never dead-lettered for its table.
 fn plan_control(cfg: &Config, control: &Control, at: &Coords, metrics: &Metrics) -> Result<Plan, Rejection> {
-    Metrics::add(&metrics.control_records, 1);
+    metrics.control_record(&control.operation);
     let table = control.table_name();
     let route = match (&control.schema, &control.table) {
         (Some(schema), Some(name)) => cfg.route(schema, name),
@@ -181,7 +181,7 @@ pub async fn prepare(
                     let row = dead_letter_row(&d);
                     if wal.state(&row.key)? == KeyState::Absent && !p.is_in_flight(&row.key) {
                         wal_batch.dead_letter(&d);
-                        Metrics::add(&metrics.dead_lettered, 1);
+                        metrics.dead_letter(d.stage.name());
                     }
                     vec![(cfg.bigquery.dead_letter_table.clone(), row)]
                 }

@@ -46,6 +46,7 @@ pub async fn run(
         Recovered::Complete(n) => tracing::info!(records = n, "recovery complete"),
         Recovered::Interrupted => return Ok(Stopped::Interrupted),
     }
+    metrics.consuming_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     let progress = SharedProgress::default();
     let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout, metrics.clone())?;
     let consumer = Arc::new(consumer);
@@ -83,6 +84,7 @@ pub async fn run(
             let bytes = std::mem::take(&mut batch_bytes);
             deadline = None;
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
+            metrics.record_consumed(msgs.iter().map(|m| ((m.topic.clone(), m.partition), m.offset + 1)));
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
             let Prepared { groups, wal_batch, origins } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
             if groups.is_empty() {

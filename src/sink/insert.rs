@@ -155,7 +155,13 @@ impl BigQuerySink {
                 if attempt > 0 {
                     Metrics::add(&self.metrics.request_retries, 1);
                 }
-                (self.bq.insert_all_gzipped(table, body.gzipped).await, size)
+                let sent = std::time::Instant::now();
+                let result = self.bq.insert_all_gzipped(table, body.gzipped).await;
+                self.metrics.request_seconds.observe(sent.elapsed());
+                if result.is_err() {
+                    Metrics::add(&self.metrics.request_failures, 1);
+                }
+                (result, size)
             };
             match result {
                 Ok(resp) => match interpret(resp.insert_errors.as_deref().unwrap_or_default(), todo.len()) {

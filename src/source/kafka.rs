@@ -80,6 +80,18 @@ impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
     }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): the high
+    /// watermark of each partition, for the lag `/metrics` reports.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let marks = statistics.topics.into_iter().flat_map(|(topic, t)| {
+            t.partitions
+                .into_iter()
+                .filter(|(p, part)| *p >= 0 && part.hi_offset >= 0)
+                .map(move |(p, part)| ((topic.clone(), p), part.hi_offset))
+        });
+        self.metrics.record_high_watermarks(marks);
+    }
 }
 
 impl ConsumerContext for SourceContext {
@@ -229,7 +241,12 @@ pub fn subscribe(
     metrics: SharedMetrics,
 ) -> Result<(Consumer, SourceContext), SourceError> {
     let ctx = SourceContext { events: Default::default(), progress, revoke_timeout, metrics, closing: Default::default() };
-    let consumer: Source = client_config(cfg).create_with_context(ctx.clone()).map_err(SourceError::Create)?;
+    let mut config = client_config(cfg);
+    if !cfg.properties.contains_key("statistics.interval.ms") {
+        // Partition high watermarks for the lag in /metrics.
+        config.set("statistics.interval.ms", "5000");
+    }
+    let consumer: Source = config.create_with_context(ctx.clone()).map_err(SourceError::Create)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| SourceError::Subscribe { topics: cfg.topics.clone(), source })?;
     Ok((Consumer(Some(consumer)), ctx))

@@ -113,6 +113,9 @@ fn ckey(prefix: u8, key: &DedupKey) -> [u8; 33] {
 struct OpenBatches {
     key_batch: HashMap<DedupKey, u64>,
     remaining: HashMap<u64, usize>,
+    /// When each open batch record's oldest pending row was written (ms):
+    /// the age of the oldest pending change, for the metrics.
+    written_at: HashMap<u64, u64>,
 }
 
 impl OpenBatches {
@@ -124,6 +127,7 @@ impl OpenBatches {
             *left = left.saturating_sub(1);
             if *left == 0 {
                 self.remaining.remove(&n);
+                self.written_at.remove(&n);
                 writes.remove(&numbered_key(b'b', n)[..]);
                 return true;
             }
@@ -303,13 +307,15 @@ impl Wal {
             let n = batch_number(&k)?;
             let batch: PendingBatch = record::decode(&v).map_err(|source| WalError::Corrupt { key: format!("batch {n}"), source })?;
             let mut live = 0;
-            for (key, _) in batch.entries {
+            for (key, rec) in batch.entries {
                 let key = DedupKey(key);
                 if self.record(&key)?.is_some_and(|r| r.seq() > n) {
                     continue;
                 }
                 live += 1;
                 *open.remaining.entry(n).or_default() += 1;
+                let at = open.written_at.entry(n).or_insert(rec.written_at_ms);
+                *at = (*at).min(rec.written_at_ms);
                 if let Some(old) = open.key_batch.insert(key, n) {
                     released |= open.release(old, &mut writes);
                 }
@@ -470,9 +476,11 @@ impl Wal {
             let full = rest.peek().is_some_and(|(_, next)| chunk_bytes + next.row.len() > BATCH_RECORD_BYTES);
             if full || rest.peek().is_none() {
                 let n = self.db.generate_id()?;
-                for (k, _) in &chunk {
+                for (k, rec) in &chunk {
                     let k = DedupKey(*k);
                     *open.remaining.entry(n).or_default() += 1;
+                    let at = open.written_at.entry(n).or_insert(rec.written_at_ms);
+                    *at = (*at).min(rec.written_at_ms);
                     // Pended again: its row now lives in the newer batch record.
                     if let Some(old) = open.key_batch.insert(k, n) {
                         open.release(old, writes);
@@ -517,6 +525,18 @@ impl Wal {
 
     pub fn pending_count(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).key_batch.len()
+    }
+
+    /// When the oldest row still pending was written (ms since the epoch);
+    /// none when nothing is pending.
+    pub fn oldest_pending_ms(&self) -> Option<u64> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.remaining.keys().filter_map(|n| open.written_at.get(n)).min().copied()
+    }
+
+    /// The WAL's size on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, WalError> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Removes records resolved before `before_ms`, returning how many.

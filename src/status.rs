@@ -1,0 +1,169 @@
+//! `landfall status`: where the bridge stands, per partition and table.
+//!
+//! With the service running and `observability.listen` set, it asks the
+//! service (`GET /status`, [`crate::observe::Status`]). Otherwise it reads
+//! what is durable: the WAL (pending rows, the oldest one's age, size, dead
+//! letters) and, from Kafka, the group's committed offset and the high
+//! watermark of every partition of the configured topics. The WAL is opened
+//! by one process at a time: a service that runs without a reachable
+//! listener is reported as such, never waited for.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::Config;
+use crate::observe::{PartitionStatus, Status};
+use crate::source::kafka;
+use crate::wal::{now_ms, Wal, WalError};
+
+/// Where a [`Report`] comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The running service's listener.
+    Service(String),
+    /// The WAL and Kafka, the service being stopped.
+    Stopped,
+}
+
+/// What `landfall status` prints.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub source: Source,
+    pub status: Status,
+}
+
+/// Why `landfall status` could not say.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(
+        "the service holds the WAL at {path} and answers no /status (set observability.listen, or stop the service to read the WAL): {source}"
+    )]
+    Busy { path: String, source: WalError },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("cannot read the group's offsets from Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the status task failed: {0}")]
+    Task(String),
+}
+
+/// Asks the running service, else reads the WAL and Kafka.
+pub async fn read(cfg: &Config) -> Result<Report, StatusError> {
+    if let Some(addr) = cfg.observability.listen.filter(|a| a.port() != 0) {
+        // A wildcard listen address is reached on loopback.
+        let host = if addr.ip().is_unspecified() { std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
+        let url = format!("http://{host}/status");
+        let asked = async {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
+            client.get(&url).send().await.ok()?.error_for_status().ok()?.json::<Status>().await.ok()
+        };
+        if let Some(status) = asked.await {
+            return Ok(Report { source: Source::Service(url), status });
+        }
+    }
+    let cfg = cfg.clone();
+    match tokio::task::spawn_blocking(move || offline(&cfg)).await {
+        Ok(r) => r,
+        Err(e) => Err(StatusError::Task(e.to_string())),
+    }
+}
+
+/// The durable facts, with the service stopped.
+fn offline(cfg: &Config) -> Result<Report, StatusError> {
+    let wal = Wal::open(&cfg.wal.path).map_err(|source| match &source {
+        WalError::Io(e) if e.to_string().contains("could not acquire lock") => {
+            StatusError::Busy { path: cfg.wal.path.display().to_string(), source }
+        }
+        _ => StatusError::Wal(source),
+    })?;
+    let now = now_ms();
+    let dead_letters = wal.dead_letters().filter(|d| d.is_ok()).count() as u64;
+    let consumer: BaseConsumer = kafka::client_config(&cfg.kafka).create()?;
+    let mut partitions = Vec::new();
+    for topic in &cfg.kafka.topics {
+        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let count = meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..count {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        for p in 0..count {
+            let c = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let hw = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).ok().map(|(_, hi)| hi);
+            partitions.push(PartitionStatus {
+                topic: topic.clone(),
+                partition: p,
+                consumed: None,
+                committed: c,
+                high_watermark: hw,
+                lag: hw.map(|hw| (hw - c.unwrap_or(0)).max(0)),
+            });
+        }
+    }
+    let status = Status {
+        ready: false,
+        not_ready_because: Some("the service is not running".into()),
+        partitions,
+        tables: Vec::new(),
+        wal_pending_rows: wal.pending_count(),
+        wal_oldest_pending_age_seconds: wal.oldest_pending_ms().map(|t| now.saturating_sub(t) as f64 / 1000.0),
+        wal_bytes: wal.size_on_disk().ok(),
+        dead_letters,
+        landed_rows: 0,
+    };
+    Ok(Report { source: Source::Stopped, status })
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.status;
+        let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        match &self.source {
+            Source::Service(url) => {
+                writeln!(f, "landfall status (asked the running service: {url})")?;
+                match &s.not_ready_because {
+                    None => writeln!(f, "ready")?,
+                    Some(why) => writeln!(f, "NOT READY: {why}")?,
+                }
+            }
+            Source::Stopped => writeln!(f, "landfall status (the service is not running: read from the WAL and Kafka)")?,
+        }
+        writeln!(f, "\n{:<32} {:>12} {:>12} {:>15} {:>10}", "partition", "consumed", "committed", "high watermark", "lag")?;
+        for p in &s.partitions {
+            let name = format!("{}/{}", p.topic, p.partition);
+            writeln!(f, "{name:<32} {:>12} {:>12} {:>15} {:>10}", opt(p.consumed), opt(p.committed), opt(p.high_watermark), opt(p.lag))?;
+        }
+        if !s.tables.is_empty() {
+            writeln!(
+                f,
+                "\n{:<32} {:>8} {:>9} {:>12} {:>14}  last success",
+                "table", "merges", "failures", "merged rows", "last merge (s)"
+            )?;
+            for t in &s.tables {
+                let last = match t.last_merge_success_ms {
+                    Some(ms) => format!("{:.0} s ago", (now_ms().saturating_sub(ms)) as f64 / 1000.0),
+                    None => "never".into(),
+                };
+                let paused = if t.paused_by_drop { "  PAUSED (landfall ddl resume)" } else { "" };
+                writeln!(
+                    f,
+                    "{:<32} {:>8} {:>9} {:>12} {:>14.1}  {last}{paused}",
+                    t.table, t.merges, t.merge_failures, t.merged_rows, t.last_merge_seconds
+                )?;
+            }
+        }
+        let oldest = s.wal_oldest_pending_age_seconds.map_or("none".to_owned(), |a| format!("{a:.1} s"));
+        let bytes = s.wal_bytes.map_or("?".to_owned(), |b| b.to_string());
+        writeln!(
+            f,
+            "\nWAL: {} pending row(s), oldest pending {oldest}, {bytes} bytes; dead letters: {}",
+            s.wal_pending_rows, s.dead_letters
+        )?;
+        Ok(())
+    }
+}
