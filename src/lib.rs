@@ -22,6 +22,8 @@
 //!   Kafka offset commit).
 //! * [`service`]: the pipeline plus the merge timer, as `landfall run` runs them.
 //! * [`status`]: `landfall status`, from the running service or from the WAL and Kafka.
+//! * [`catalog`]: `landfall tables import`, the `[[tables]]` section from the
+//!   source's catalog.
 //! * [`config`], [`metrics`], [`observe`]: the TOML configuration, the
 //!   counters, and the HTTP listener serving them (`/metrics`, health, status).
 //! * [`failpoint`]: kill points for crash drills (armed by feature `drill`).
@@ -33,6 +35,7 @@
 //! The exactly-once argument lives in `docs/design.md`; every module that
 //! guards one of its invariants says so in its own docs.
 
+pub mod catalog;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

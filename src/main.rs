@@ -45,6 +45,20 @@ enum DeadLetterAction {
 }
 
 #[derive(Subcommand)]
+enum TablesAction {
+    /// Write the [[tables]] section from an export of the source's catalog
+    /// (CSV or JSON of the query in docs/tables-import.md) to stdout.
+    Import {
+        /// The export file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The source engine: mysql (also Aurora MySQL) or postgres (also Aurora PostgreSQL).
+        #[arg(long)]
+        engine: landfall::catalog::Engine,
+    },
+}
+
+#[derive(Subcommand)]
 enum DdlAction {
     /// Let the merge of a final table go on after its source table was
     /// dropped (and re-created, or the config fixed): the changes after the
@@ -71,6 +85,11 @@ enum Command {
         /// Print one JSON object instead of the tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Generate configuration from the source database's catalog.
+    Tables {
+        #[command(subcommand)]
+        action: TablesAction,
     },
     /// Check a config file without connecting to anything.
     Validate {
@@ -239,6 +258,11 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             // wait for blocking work that may hang on an unreachable peer
             // (closing the Kafka consumer): everything acknowledged is durable.
             std::process::exit(end.exit_code());
+        }
+        Command::Tables { action: TablesAction::Import { from, engine } } => {
+            let text = std::fs::read_to_string(&from).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", from.display()))?;
+            print!("{}", landfall::catalog::import(engine, &text)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
             let report = landfall::status::read(&Config::load(&config)?).await?;

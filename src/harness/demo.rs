@@ -185,9 +185,10 @@ summary_interval = "10s"
             t.source, t.log_table, t.final_table, t.primary_key
         ));
         for c in &t.columns {
+            // A validated config fills the encoding in everywhere; it is a key of BYTES columns only.
             let encoding = match c.bytes_encoding {
-                Some(e) => format!(", bytes_encoding = \"{}\"", e.name()),
-                None => String::new(),
+                Some(e) if c.ty == crate::decode::ColumnType::Bytes => format!(", bytes_encoding = \"{}\"", e.name()),
+                _ => String::new(),
             };
             s.push_str(&format!("  {{ name = \"{}\", type = \"{}\"{encoding} }},\n", c.name, c.ty.sql_name()));
         }
