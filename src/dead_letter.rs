@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::key::DedupKey;
 use crate::metrics::Metrics;
 use crate::pipeline::{flush_durably, group, pending_record, plan, ship_and_land, Msg, Origins, PipelineError, Plan, Shipped};
+use crate::progress::Progress;
 use crate::sink::{LogRow, Sink};
 use crate::wal::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Wal, WalBatch, WalError};
 
@@ -77,9 +78,23 @@ pub async fn replay(
     metrics: &Metrics,
     select: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Vec<(String, Replayed)>, PipelineError> {
-    let letters: Vec<DeadLetter> = wal.dead_letters().collect::<Result<Vec<_>, WalError>>()?;
+    replay_reporting(cfg, wal, sink, metrics, select, &mut |n| Progress::hidden_for(n)).await
+}
+
+/// [`replay`], reporting each letter to the progress `start` makes for the
+/// number of letters selected.
+async fn replay_reporting(
+    cfg: &Config,
+    wal: &Wal,
+    sink: &Arc<dyn Sink>,
+    metrics: &Metrics,
+    select: impl Fn(&DeadLetter) -> bool,
+    start: &mut dyn FnMut(u64) -> Progress,
+) -> Result<Vec<(String, Replayed)>, PipelineError> {
+    let letters: Vec<DeadLetter> = wal.dead_letters().collect::<Result<Vec<_>, WalError>>()?.into_iter().filter(|d| select(d)).collect();
+    let mut progress = start(letters.len() as u64);
     let mut out = Vec::new();
-    for d in letters.into_iter().filter(|d| select(d)) {
+    for d in letters {
         let result = if wal.replayed_at(&d)?.is_some() {
             Replayed::AlreadyReplayed
         } else {
@@ -90,8 +105,10 @@ pub async fn replay(
                 (None, _) => Replayed::NotKept,
             }
         };
+        progress.step(format_args!("{} {result:?}", id(&d)));
         out.push((id(&d), result));
     }
+    progress.finish();
     Ok(out)
 }
 
@@ -331,6 +348,7 @@ pub async fn replay_command(cfg: &Config, names_given: &[String], all: bool) -> 
     let metrics = Arc::new(Metrics::default());
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink: Arc<dyn Sink> = Arc::new(crate::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
-    let results = replay(cfg, &wal, &sink, &metrics, |d| all || names_given.iter().any(|n| names(n, d))).await?;
+    let select = |d: &DeadLetter| all || names_given.iter().any(|n| names(n, d));
+    let results = replay_reporting(cfg, &wal, &sink, &metrics, select, &mut |n| Progress::new("dlq replay", n)).await?;
     Ok(ReplayReport(results))
 }

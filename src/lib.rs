@@ -26,6 +26,7 @@
 //!   source's catalog.
 //! * [`config`], [`metrics`], [`observe`]: the TOML configuration, the
 //!   counters, and the HTTP listener serving them (`/metrics`, health, status).
+//! * [`progress`]: progress of long commands (a bar on a terminal, lines otherwise).
 //! * [`failpoint`]: kill points for crash drills (armed by feature `drill`).
 //!
 //! Beside the stages, behind the `harness` feature and never in a production
@@ -47,6 +48,7 @@ pub mod merge;
 pub mod metrics;
 pub mod observe;
 pub mod pipeline;
+pub mod progress;
 pub mod service;
 pub mod sink;
 pub mod source;

@@ -53,6 +53,11 @@ fn drill_with_kills_failpoints_and_takeover_verifies() {
     assert_eq!(r["graceful_shutdown_ok"], true, "{r}");
     assert_eq!(r["verified"], true, "{r}\nstderr:\n{stderr}");
     assert!(status.success());
+    // Progress, one line per step on a stderr that is not a terminal.
+    let steps = 10 + landfall::failpoint::ALL.len() + 1 + 2;
+    for line in [format!("drill: 1/{steps} kill -9 round 1"), format!("drill: {steps}/{steps} merge and verify")] {
+        assert!(stderr.contains(&line), "no `{line}` in stderr:\n{stderr}");
+    }
 }
 
 /// The same drill on DMS's default stream: no transaction details, so a

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::sink::client::{BigQuery, ClientError};
 
 use super::{MergeError, MergeReport, Merger};
@@ -46,10 +47,14 @@ impl MergeRun {
 /// if given) once; `full` ignores the watermarks and merges the whole logs.
 pub async fn merge_now(cfg: &Arc<Config>, full: bool, table: Option<&str>) -> Result<MergeRun, ClientError> {
     let merger = merger(BigQuery::connect(&cfg.bigquery).await?, cfg);
+    let tables: Vec<_> = cfg.tables.iter().filter(|t| table.is_none_or(|n| n == t.final_table)).collect();
+    let mut progress = Progress::new(if full { "merge --full" } else { "merge" }, tables.len() as u64);
     let mut out = Vec::new();
-    for t in cfg.tables.iter().filter(|t| table.is_none_or(|n| n == t.final_table)) {
+    for t in tables {
         out.push(merger.merge_table(t, full).await);
+        progress.step(&t.final_table);
     }
+    progress.finish();
     Ok(MergeRun(out))
 }
 

@@ -248,7 +248,10 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed);
     let mut report = DrillReport { seed: opts.seed, rounds: opts.rounds, takeover: opts.takeover, ..Default::default() };
 
+    let steps = opts.rounds + points.len() + usize::from(opts.takeover) + 2;
+    let mut progress = crate::progress::Progress::new("drill", steps as u64);
     for round in 0..opts.rounds {
+        progress.step(format_args!("kill -9 round {}", round + 1));
         kafka.produce(&parts.next().unwrap_or_default())?;
         let bridge = Bridge::spawn(&opts.exe, &config_a, None, &log)?;
         let after = Duration::from_millis(rng.random_range(300..7_000));
@@ -259,6 +262,7 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
         tracing::info!(round, after = ?after, "kill -9");
     }
     for point in &points {
+        progress.step(format_args!("failpoint {point}"));
         kafka.produce(&parts.next().unwrap_or_default())?;
         let bridge = Bridge::spawn(&opts.exe, &config_a, Some(point), &log)?;
         match bridge.wait_died(Duration::from_secs(90)).await? {
@@ -273,6 +277,7 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
         }
     }
     if opts.takeover {
+        progress.step("two-bridge takeover");
         // Two bridges in one group, each with its own WAL; kill one, the
         // other takes over its partitions.
         kafka.produce(&parts.next().unwrap_or_default())?;
@@ -286,6 +291,7 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
         wait_caught_up(&cfg, &kafka, Duration::from_secs(300)).await?;
         anyhow::ensure!(b.terminate(Duration::from_secs(60)).await? == Some(0), "the surviving bridge did not exit cleanly");
     }
+    progress.step("last bridge: catch up, SIGTERM");
     kafka.produce(&parts.flatten().collect::<Vec<_>>())?;
     let last = Bridge::spawn(&opts.exe, &config_a, None, &log)?;
     let caught_up = wait_caught_up(&cfg, &kafka, Duration::from_secs(600)).await;
@@ -295,6 +301,8 @@ pub async fn run(opts: DrillOptions) -> anyhow::Result<DrillReport> {
     kafka.stop().await;
 
     // Merge everything and compare with the model.
+    progress.step("merge and verify");
+    progress.finish();
     let (_keep, rx) = tokio::sync::watch::channel(false);
     let merger = Merger::new(bq.clone(), cfg.clone(), Arc::new(Metrics::default()), rx);
     for r in merger.merge_all(false).await {
