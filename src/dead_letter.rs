@@ -78,7 +78,7 @@ pub async fn replay(
     metrics: &Metrics,
     select: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Vec<(String, Replayed)>, PipelineError> {
-    replay_reporting(cfg, wal, sink, metrics, select, &mut |n| Progress::hidden_for(n)).await
+    replay_reporting(cfg, wal, sink, metrics, select, |_| Progress::hidden()).await
 }
 
 /// [`replay`], reporting each letter to the progress `start` makes for the
@@ -89,7 +89,7 @@ async fn replay_reporting(
     sink: &Arc<dyn Sink>,
     metrics: &Metrics,
     select: impl Fn(&DeadLetter) -> bool,
-    start: &mut dyn FnMut(u64) -> Progress,
+    start: impl FnOnce(u64) -> Progress,
 ) -> Result<Vec<(String, Replayed)>, PipelineError> {
     let letters: Vec<DeadLetter> = wal.dead_letters().collect::<Result<Vec<_>, WalError>>()?.into_iter().filter(|d| select(d)).collect();
     let mut progress = start(letters.len() as u64);
@@ -349,6 +349,6 @@ pub async fn replay_command(cfg: &Config, names_given: &[String], all: bool) -> 
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink: Arc<dyn Sink> = Arc::new(crate::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));
     let select = |d: &DeadLetter| all || names_given.iter().any(|n| names(n, d));
-    let results = replay_reporting(cfg, &wal, &sink, &metrics, select, &mut |n| Progress::new("dlq replay", n)).await?;
+    let results = replay_reporting(cfg, &wal, &sink, &metrics, select, |n| Progress::new("dlq replay", n)).await?;
     Ok(ReplayReport(results))
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as Buckets};
 
+use crate::source::message::Msg;
 use crate::source::tracker::TopicPartition;
 
 #[derive(Default, Debug)]
@@ -113,6 +114,11 @@ pub struct Metrics {
     pub last_commit_advance_ms: AtomicU64,
 }
 
+/// Messages of a partition behind its commit point (none committed: all).
+pub fn lag(high_watermark: i64, commit_point: Option<i64>) -> i64 {
+    (high_watermark - commit_point.unwrap_or(0)).max(0)
+}
+
 /// What the merges of one final table did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableMerges {
@@ -145,7 +151,8 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, also after a panic elsewhere poisoned it (the values are counters).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -188,10 +195,18 @@ impl Metrics {
     }
 
     /// The next offset to read, per partition, after a batch was read.
-    pub fn record_consumed(&self, read: impl IntoIterator<Item = (TopicPartition, i64)>) {
+    pub fn record_consumed(&self, batch: &[Msg]) {
+        // A batch spans few partitions: their maxima first, one map key each.
+        let mut read: Vec<(&str, i32, i64)> = Vec::new();
+        for m in batch {
+            match read.iter_mut().find(|(t, p, _)| *t == m.topic && *p == m.partition) {
+                Some(e) => e.2 = e.2.max(m.offset + 1),
+                None => read.push((&m.topic, m.partition, m.offset + 1)),
+            }
+        }
         let mut c = lock(&self.consumed_offsets);
-        for (tp, next) in read {
-            let e = c.entry(tp).or_insert(next);
+        for (topic, partition, next) in read {
+            let e = c.entry((topic.to_owned(), partition)).or_insert(next);
             *e = (*e).max(next);
         }
     }
@@ -209,13 +224,7 @@ impl Metrics {
     pub fn lag(&self) -> Vec<(TopicPartition, i64)> {
         let committed = lock(&self.committed).clone();
         let marks = lock(&self.high_watermarks);
-        marks
-            .iter()
-            .map(|(tp, hw)| {
-                let at = committed.iter().find(|(t, _)| t == tp).map_or(0, |(_, o)| *o);
-                (tp.clone(), (hw - at).max(0))
-            })
-            .collect()
+        marks.iter().map(|(tp, hw)| (tp.clone(), lag(*hw, committed.iter().find(|(t, _)| t == tp).map(|(_, o)| *o)))).collect()
     }
 
     /// Counts a dead letter under its stage (`Stage::name`: `decode` or `bigquery`).

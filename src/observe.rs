@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::metrics::{Metrics, SharedMetrics};
+use crate::metrics::{lag, lock, Metrics, SharedMetrics};
 use crate::wal::{now_ms, Wal};
 
 /// What the listener reads.
@@ -200,9 +200,9 @@ impl Status {
     pub fn read(observed: &Observed, now_ms: u64) -> Status {
         let m = &observed.metrics;
         let ready = readiness(observed, now_ms);
-        let committed = m.committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let consumed = m.consumed_offsets.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let marks = m.high_watermarks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let committed = lock(&m.committed).clone();
+        let consumed = lock(&m.consumed_offsets).clone();
+        let marks = lock(&m.high_watermarks).clone();
         let mut keys: Vec<(String, i32)> = committed.iter().map(|(tp, _)| tp.clone()).collect();
         keys.extend(consumed.keys().cloned());
         keys.extend(marks.keys().cloned());
@@ -217,13 +217,13 @@ impl Status {
                     consumed: consumed.get(&tp).copied(),
                     committed: c,
                     high_watermark: hw,
-                    lag: hw.map(|hw| (hw - c.unwrap_or(0)).max(0)),
+                    lag: hw.map(|hw| lag(hw, c)),
                     topic: tp.0,
                     partition: tp.1,
                 }
             })
             .collect();
-        let paused = m.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let paused = lock(&m.paused_tables).clone();
         let tables = m
             .table_merges
             .lock()
@@ -311,8 +311,7 @@ impl Collector for Observed {
             "Changes that arrived without DMS transaction details.",
             g(&m.changes_without_transaction_details),
         )?;
-        let kinds: Vec<_> =
-            m.control_kinds.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, n)| (vec![("kind", k.clone())], *n as f64)).collect();
+        let kinds: Vec<_> = lock(&m.control_kinds).iter().map(|(k, n)| (vec![("kind", k.clone())], *n as f64)).collect();
         family(e, "landfall_control_records", "DMS control records read, by kind.", MetricType::Counter, &kinds)?;
         counter(e, "landfall_ddl_reported", "DDL of routed tables reported but not applied.", g(&m.ddl_reported))?;
         counter(e, "landfall_skipped_changes", "Changes of unrouted tables acknowledged without shipping.", g(&m.skipped))?;
@@ -366,19 +365,17 @@ impl Collector for Observed {
         gauge(e, "landfall_ready", "1 when /health/ready answers 200.", if ready { 1.0 } else { 0.0 })?;
 
         let tp_labels = |(t, p): &(String, i32)| vec![("topic", t.clone()), ("partition", p.to_string())];
-        let committed = m.committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let committed = lock(&m.committed).clone();
         let rows: Vec<_> = committed.iter().map(|(tp, o)| (tp_labels(tp), *o as f64)).collect();
         family(e, "landfall_partition_commit_point", "Commit point: every change before it is landed.", MetricType::Gauge, &rows)?;
-        let consumed: Vec<_> =
-            m.consumed_offsets.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(tp, o)| (tp_labels(tp), *o as f64)).collect();
+        let consumed: Vec<_> = lock(&m.consumed_offsets).iter().map(|(tp, o)| (tp_labels(tp), *o as f64)).collect();
         family(e, "landfall_partition_consumed_offset", "Next offset to read after the last message read.", MetricType::Gauge, &consumed)?;
-        let marks: Vec<_> =
-            m.high_watermarks.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(tp, o)| (tp_labels(tp), *o as f64)).collect();
+        let marks: Vec<_> = lock(&m.high_watermarks).iter().map(|(tp, o)| (tp_labels(tp), *o as f64)).collect();
         family(e, "landfall_partition_high_watermark", "High watermark (librdkafka statistics).", MetricType::Gauge, &marks)?;
-        let lag: Vec<_> = m.lag().iter().map(|(tp, n)| (tp_labels(tp), *n as f64)).collect();
-        family(e, "landfall_partition_lag", "Messages behind: high watermark minus commit point.", MetricType::Gauge, &lag)?;
+        let lags: Vec<_> = m.lag().iter().map(|(tp, n)| (tp_labels(tp), *n as f64)).collect();
+        family(e, "landfall_partition_lag", "Messages behind: high watermark minus commit point.", MetricType::Gauge, &lags)?;
 
-        let merges = m.table_merges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let merges = lock(&m.table_merges).clone();
         let table = |t: &String| vec![("table", t.clone())];
         let rows: Vec<_> = merges.iter().map(|(t, s)| (table(t), s.merges as f64)).collect();
         family(e, "landfall_merges", "Merges that completed, per final table.", MetricType::Counter, &rows)?;
@@ -391,7 +388,7 @@ impl Collector for Observed {
         let rows: Vec<_> =
             merges.iter().filter(|(_, s)| s.last_success_ms > 0).map(|(t, s)| (table(t), s.last_success_ms as f64 / 1000.0)).collect();
         family(e, "landfall_merge_last_success_timestamp_seconds", "When the last merge completed (Unix time).", MetricType::Gauge, &rows)?;
-        let paused: Vec<_> = m.paused_tables.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|t| (table(t), 1.0)).collect();
+        let paused: Vec<_> = lock(&m.paused_tables).iter().map(|t| (table(t), 1.0)).collect();
         family(e, "landfall_merge_paused", "1 for a final table whose merge waits for `landfall ddl resume`.", MetricType::Gauge, &paused)?;
         Ok(())
     }

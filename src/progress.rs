@@ -33,11 +33,6 @@ impl Progress {
         Progress { what: String::new(), total: 0, done: 0, bar: None, quiet: true }
     }
 
-    /// [`hidden`](Self::hidden), for a count of steps.
-    pub fn hidden_for(total: u64) -> Progress {
-        Progress { total, ..Progress::hidden() }
-    }
-
     /// One step done; `note` says which.
     pub fn step(&mut self, note: impl std::fmt::Display) {
         self.done += 1;

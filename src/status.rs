@@ -71,11 +71,12 @@ pub async fn read(cfg: &Config) -> Result<Report, StatusError> {
 
 /// The durable facts, with the service stopped.
 fn offline(cfg: &Config) -> Result<Report, StatusError> {
-    let wal = Wal::open(&cfg.wal.path).map_err(|source| match &source {
-        WalError::Io(e) if e.to_string().contains("could not acquire lock") => {
+    let wal = Wal::open(&cfg.wal.path).map_err(|source| {
+        if source.is_locked() {
             StatusError::Busy { path: cfg.wal.path.display().to_string(), source }
+        } else {
+            StatusError::Wal(source)
         }
-        _ => StatusError::Wal(source),
     })?;
     let now = now_ms();
     let dead_letters = wal.dead_letters().filter(|d| d.is_ok()).count() as u64;
@@ -101,7 +102,7 @@ fn offline(cfg: &Config) -> Result<Report, StatusError> {
                 consumed: None,
                 committed: c,
                 high_watermark: hw,
-                lag: hw.map(|hw| (hw - c.unwrap_or(0)).max(0)),
+                lag: hw.map(|hw| crate::metrics::lag(hw, c)),
             });
         }
     }

@@ -253,8 +253,7 @@ pub async fn run_until_caught_up(cfg: &Arc<Config>, kafka: &LocalKafka, timeout:
 
 /// A merger outside the service (as `landfall merge` runs it).
 pub fn merger(bq: &BigQuery, cfg: &Arc<Config>) -> Merger {
-    let (_never, rx) = tokio::sync::watch::channel(false);
-    Merger::new(bq.clone(), cfg.clone(), Arc::new(Metrics::default()), rx)
+    Merger::one_shot(bq.clone(), cfg.clone())
 }
 
 /// Whether simulated streams carry DMS transaction details (`--transaction-details`).

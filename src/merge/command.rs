@@ -6,17 +6,10 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::sink::client::{BigQuery, ClientError};
 
 use super::{MergeError, MergeReport, Merger};
-
-fn merger(bq: BigQuery, cfg: &Arc<Config>) -> Merger {
-    // Nothing signals these one-shot commands to stop early.
-    let (_never, rx) = tokio::sync::watch::channel(false);
-    Merger::new(bq, cfg.clone(), Arc::new(Metrics::default()), rx)
-}
 
 /// What `landfall merge` did, per table.
 pub struct MergeRun(Vec<Result<MergeReport, MergeError>>);
@@ -46,7 +39,7 @@ impl MergeRun {
 /// `landfall merge`: merges every table (only `table`, a final table's name,
 /// if given) once; `full` ignores the watermarks and merges the whole logs.
 pub async fn merge_now(cfg: &Arc<Config>, full: bool, table: Option<&str>) -> Result<MergeRun, ClientError> {
-    let merger = merger(BigQuery::connect(&cfg.bigquery).await?, cfg);
+    let merger = Merger::one_shot(BigQuery::connect(&cfg.bigquery).await?, cfg.clone());
     let tables: Vec<_> = cfg.tables.iter().filter(|t| table.is_none_or(|n| n == t.final_table)).collect();
     let mut progress = Progress::new(if full { "merge --full" } else { "merge" }, tables.len() as u64);
     let mut out = Vec::new();
@@ -91,7 +84,7 @@ pub enum ResumeError {
 /// `landfall ddl resume --table T`.
 pub async fn resume(cfg: &Arc<Config>, table: &str) -> Result<Resumed, ResumeError> {
     let t = cfg.tables.iter().find(|t| t.final_table == table).ok_or_else(|| ResumeError::NoSuchTable(table.to_owned()))?;
-    let merger = merger(BigQuery::connect(&cfg.bigquery).await?, cfg);
+    let merger = Merger::one_shot(BigQuery::connect(&cfg.bigquery).await?, cfg.clone());
     Ok(match merger.resume_table(t).await? {
         Some(dropped) => Resumed::AfterDrop { table: table.to_owned(), dropped },
         None => Resumed::NotPaused { table: table.to_owned() },

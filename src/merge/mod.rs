@@ -109,6 +109,13 @@ impl Merger {
         Merger { bq, cfg, locks, metrics, shutdown }
     }
 
+    /// A merger outside the service (`landfall merge`, `ddl resume`, the
+    /// harness): its own counters, and nothing ever asks it to stop early.
+    pub fn one_shot(bq: BigQuery, cfg: Arc<Config>) -> Merger {
+        let (_never, rx) = watch::channel(false);
+        Merger::new(bq, cfg, Arc::new(crate::metrics::Metrics::default()), rx)
+    }
+
     /// Runs `sql`, retrying transient errors (incl. concurrent-update
     /// conflicts and quota errors) with backoff.
     async fn run(&self, table: &str, sql: &str) -> Result<gcp_bigquery_client::model::query_response::QueryResponse, MergeError> {

@@ -84,7 +84,7 @@ pub async fn run(
             let bytes = std::mem::take(&mut batch_bytes);
             deadline = None;
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
-            metrics.record_consumed(msgs.iter().map(|m| ((m.topic.clone(), m.partition), m.offset + 1)));
+            metrics.record_consumed(&msgs);
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
             let Prepared { groups, wal_batch, origins } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
             if groups.is_empty() {

@@ -189,12 +189,24 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
-            // sled reports it as kind Other: "could not acquire lock on ...".
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+            Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return Ok(other?),
         }
+    }
+}
+
+/// Whether sled refused to open because another handle holds the WAL's
+/// file lock (it reports that as kind Other: "could not acquire lock on ...").
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+impl WalError {
+    /// The WAL is open in another process (a running service).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, WalError::Io(e) if lock_held(e))
     }
 }
 
@@ -476,11 +488,12 @@ impl Wal {
             let full = rest.peek().is_some_and(|(_, next)| chunk_bytes + next.row.len() > BATCH_RECORD_BYTES);
             if full || rest.peek().is_none() {
                 let n = self.db.generate_id()?;
-                for (k, rec) in &chunk {
+                if let Some(at) = chunk.iter().map(|(_, rec)| rec.written_at_ms).min() {
+                    open.written_at.insert(n, at);
+                }
+                for (k, _) in &chunk {
                     let k = DedupKey(*k);
                     *open.remaining.entry(n).or_default() += 1;
-                    let at = open.written_at.entry(n).or_insert(rec.written_at_ms);
-                    *at = (*at).min(rec.written_at_ms);
                     // Pended again: its row now lives in the newer batch record.
                     if let Some(old) = open.key_batch.insert(k, n) {
                         open.release(old, writes);
