@@ -48,6 +48,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    #[serde(default)]
+    pub schema: SchemaConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -351,6 +353,40 @@ impl Default for ObservabilityConfig {
     fn default() -> Self {
         Self { summary_interval: default_summary_interval(), listen: None, ready_within: default_ready_within() }
     }
+}
+
+/// Schema evolution (`[schema]`; docs/design.md, "Schema evolution").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// What a column that is not configured does: `off` dead-letters its
+    /// message (naming the column); `add-columns` adds it to the final and
+    /// log tables and lands the message once BigQuery has the column.
+    #[serde(default)]
+    pub evolve: Evolve,
+    /// The type of an added column when no `add-column` control record
+    /// defined it (`IncludeControlDetails` off, or the record came later).
+    #[serde(default = "default_evolve_type")]
+    pub default_type: ColumnType,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig { evolve: Evolve::default(), default_type: default_evolve_type() }
+    }
+}
+
+/// `schema.evolve`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evolve {
+    #[default]
+    Off,
+    AddColumns,
+}
+
+fn default_evolve_type() -> ColumnType {
+    ColumnType::String
 }
 
 fn default_ready_within() -> Duration {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::key::DedupKey;
 use crate::metrics::Metrics;
-use crate::pipeline::{flush_durably, group, pending_record, plan, ship_and_land, Msg, Origins, PipelineError, Plan, Shipped};
+use crate::pipeline::{flush_durably, group, pending_record, plan_all, ship_and_land, Msg, Origins, PipelineError, Plan, Shipped};
 use crate::progress::Progress;
 use crate::sink::{LogRow, Sink};
 use crate::wal::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Wal, WalBatch, WalError};
@@ -94,13 +94,16 @@ async fn replay_reporting(
     let letters: Vec<DeadLetter> = wal.dead_letters().collect::<Result<Vec<_>, WalError>>()?.into_iter().filter(|d| select(d)).collect();
     let mut progress = start(letters.len() as u64);
     let mut out = Vec::new();
+    // With schema evolution, a letter's columns are added as the service
+    // would add them; the config grows for the letters after it.
+    let mut live = Arc::new(cfg.clone());
     for d in letters {
         let result = if wal.replayed_at(&d)?.is_some() {
             Replayed::AlreadyReplayed
         } else {
             match (&d.message, &d.row) {
                 (Some(m), _) if !m.is_whole() => Replayed::Truncated,
-                (Some(m), _) => redrive_message(cfg, wal, sink, metrics, &d, m).await?,
+                (Some(m), _) => redrive_message(&mut live, wal, sink, metrics, &d, m).await?,
                 (None, Some(r)) if !r.table.is_empty() => reship_row(cfg, wal, sink, metrics, &d, r).await?,
                 (None, _) => Replayed::NotKept,
             }
@@ -115,7 +118,7 @@ async fn replay_reporting(
 /// Decodes the letter's message again with the current config and ships
 /// the rows that did not land.
 async fn redrive_message(
-    cfg: &Config,
+    live: &mut Arc<Config>,
     wal: &Wal,
     sink: &Arc<dyn Sink>,
     metrics: &Metrics,
@@ -131,8 +134,16 @@ async fn redrive_message(
         payload: m.has_value.then(|| m.value_prefix.clone()),
         produced_ms: m.timestamp_ms,
     };
-    match plan(cfg, &msg, metrics) {
+    // Nothing stops a replay early: it runs to the end or fails.
+    let (_never, no_shutdown) = tokio::sync::watch::channel(false);
+    let (msg, planned) = plan_all(live, &**sink, vec![msg], metrics, &no_shutdown)
+        .await?
+        .pop()
+        .ok_or(PipelineError::Task("a message lost its plan".into()))?;
+    let cfg: &Config = live;
+    match planned {
         Plan::Dead(again) => Ok(Replayed::StillFailing { reason: again.reason }),
+        Plan::Evolve(e) => Ok(Replayed::StillFailing { reason: crate::pipeline::prepare::unevolved(&e) }),
         Plan::Ack => {
             mark_replayed(wal, d, metrics).await?;
             Ok(Replayed::Landed { rows: 0 })
@@ -345,6 +356,7 @@ pub async fn replay_command(cfg: &Config, names_given: &[String], all: bool) -> 
     let wal = Wal::open(&cfg.wal.path)?;
     let bq = crate::sink::BigQuery::connect(&cfg.bigquery).await?;
     bq.ensure_all(cfg).await?;
+    let cfg = &crate::pipeline::evolve::adopt_existing(cfg, &bq).await?;
     let metrics = Arc::new(Metrics::default());
     let (_abort, rx) = tokio::sync::watch::channel(false);
     let sink: Arc<dyn Sink> = Arc::new(crate::sink::BigQuerySink::new(bq, &cfg.bigquery, rx, metrics.clone()));

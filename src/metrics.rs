@@ -51,6 +51,9 @@ pub struct Metrics {
     /// add-column, drop-column, rename-column, change-columns,
     /// column-type-change), each with a WARN naming the table and what to do.
     pub ddl_reported: AtomicU64,
+    /// Columns schema evolution added to a table (final and log table;
+    /// `[schema] evolve = "add-columns"`).
+    pub schema_columns_added: AtomicU64,
     /// Merges skipped because the table's source was dropped and the
     /// operator has not resumed it yet (one per table per merge attempt).
     pub merges_paused: AtomicU64,
@@ -286,6 +289,7 @@ impl Metrics {
             truncates = g(&self.truncates),
             table_drops = g(&self.table_drops),
             ddl_reported = g(&self.ddl_reported),
+            schema_columns_added = g(&self.schema_columns_added),
             merges_paused = g(&self.merges_paused),
             paused_tables = %paused.join(","),
             changes_without_transaction_details = g(&self.changes_without_transaction_details),

@@ -314,6 +314,7 @@ impl Collector for Observed {
         let kinds: Vec<_> = lock(&m.control_kinds).iter().map(|(k, n)| (vec![("kind", k.clone())], *n as f64)).collect();
         family(e, "landfall_control_records", "DMS control records read, by kind.", MetricType::Counter, &kinds)?;
         counter(e, "landfall_ddl_reported", "DDL of routed tables reported but not applied.", g(&m.ddl_reported))?;
+        counter(e, "landfall_schema_columns_added", "Columns schema evolution added to final and log tables.", g(&m.schema_columns_added))?;
         counter(e, "landfall_skipped_changes", "Changes of unrouted tables acknowledged without shipping.", g(&m.skipped))?;
         counter(e, "landfall_insert_all_requests", "insertAll requests sent.", g(&m.requests))?;
         counter(e, "landfall_insert_all_retries", "insertAll requests that were retries.", g(&m.request_retries))?;

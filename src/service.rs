@@ -73,10 +73,13 @@ impl Service {
             }
         };
         let (abort, abort_rx) = watch::channel(false);
+        let mut cfg = cfg;
         let (sink, merge_task): (Arc<dyn Sink>, _) = match cfg.sink.kind {
             SinkKind::Bigquery => {
                 let bq = BigQuery::connect(&cfg.bigquery).await?;
                 bq.ensure_all(&cfg).await?;
+                // Columns schema evolution added in an earlier run.
+                cfg = Arc::new(crate::pipeline::evolve::adopt_existing(&cfg, &bq).await?);
                 let merger = Arc::new(Merger::new(bq.clone(), cfg.clone(), metrics.clone(), shutdown_rx.clone()));
                 let sink = Arc::new(BigQuerySink::new(bq, &cfg.bigquery, abort_rx, metrics.clone()));
                 (sink, Some(tokio::spawn(merger.run_periodic())))

@@ -74,6 +74,7 @@ impl Harness {
                 }
                 Plan::Ack => {}
                 Plan::Dead(d) => panic!("dead-lettered: {}", d.reason),
+                Plan::Evolve(e) => panic!("schema evolution is off here: {e:?}"),
             }
         }
         for (table, rows) in groups {

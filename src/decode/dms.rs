@@ -154,6 +154,7 @@ fn control(
         stream_position: optional_str(field("stream-position"), "stream-position")?,
         transaction_id: optional_scalar(field("transaction-id"), "transaction-id")?,
         transaction_record_id: optional_scalar(field("transaction-record-id"), "transaction-record-id")?,
+        column_defs: if kind.defines_columns() { super::column_defs::column_defs(root) } else { Vec::new() },
         details,
     })
 }

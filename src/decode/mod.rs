@@ -4,6 +4,7 @@
 //! [`Rejection`] with a reason, and the pipeline dead-letters it. Names taken
 //! from messages are only compared with configured names; they never reach SQL.
 
+pub mod column_defs;
 pub mod dms;
 pub mod ident;
 pub mod json;
@@ -113,6 +114,12 @@ impl ControlKind {
         })
     }
 
+    /// Whether the record's details can define columns that schema
+    /// evolution adds (`add-column`, `change-columns`, `create-table`).
+    pub fn defines_columns(self) -> bool {
+        matches!(self, ControlKind::AddColumn | ControlKind::ChangeColumns | ControlKind::CreateTable)
+    }
+
     /// The log table's `_landfall_op` of the marker row this kind becomes,
     /// for the kinds that remove rows (truncate and drop-table).
     pub fn marker_op(self) -> Option<&'static str> {
@@ -176,6 +183,10 @@ pub struct Control {
     /// metadata (`IncludeControlDetails`: table and column definitions), for
     /// the operator's log line. Never used for anything else.
     pub details: Option<String>,
+    /// The column definitions in the record's details (the kinds that
+    /// define columns: [`ControlKind::defines_columns`]), for schema
+    /// evolution's types; empty without `IncludeControlDetails`.
+    pub column_defs: Vec<column_defs::ColumnDef>,
 }
 
 impl Control {
@@ -222,7 +233,7 @@ pub enum Rejection {
     Unrouted(String),
     #[error("{0}")]
     Identifier(#[from] ident::IdentError),
-    #[error("column `{column}` is not configured for table `{table}` (add it to the table's columns)")]
+    #[error("column `{column}` is not configured for table `{table}` (add it to the table's columns, or set `[schema] evolve = \"add-columns\"`)")]
     UnknownColumn { table: String, column: String },
     #[error("column `{column}` is named twice in one message (`{first}` and `{second}` differ only by case): ambiguous")]
     AmbiguousColumn { column: String, first: String, second: String },

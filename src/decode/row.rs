@@ -219,6 +219,22 @@ fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map
     Ok(out)
 }
 
+/// The columns of `change` (its data, then its before image) that `route`
+/// does not configure, matched as in [`convert_columns`], in message order,
+/// one per name ignoring ASCII case. Each is a valid column name: a name
+/// that is not is the message's rejection, as without schema evolution.
+pub fn unknown_columns(change: &Change, route: &TableConfig) -> Result<Vec<String>, Rejection> {
+    let mut out: Vec<String> = Vec::new();
+    for name in change.data.keys().chain(change.before.iter().flat_map(|b| b.keys())) {
+        let known = route.columns.iter().any(|c| c.name.eq_ignore_ascii_case(name));
+        if !known && !out.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            ident::validate_column(name)?;
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The primary-key columns of a converted row, in configured order.
 fn primary_key(columns: &Map<String, Value>, route: &TableConfig) -> Result<Vec<(String, Value)>, Rejection> {
     route

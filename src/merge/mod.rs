@@ -89,6 +89,9 @@ pub struct Merger {
     shutdown: watch::Receiver<bool>,
 }
 
+/// How many times a merge re-runs its window for columns added meanwhile.
+const REMERGES: usize = 3;
+
 /// Attempts of one statement before the merge is reported failed (the next
 /// interval tries again).
 const ATTEMPTS: u32 = 6;
@@ -224,17 +227,7 @@ impl Merger {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let target = MergeTarget::new(
-            &self.bq.project,
-            &self.bq.dataset,
-            &t.log_table,
-            &t.final_table,
-            &t.primary_key,
-            &t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-        )
-        .and_then(|m| m.keep_when_missing(&t.keep_when_missing))
-        .and_then(|m| m.with_state(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table, &t.final_table))
-        .map_err(ident)?;
+        let mut target = self.target(t, &t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>())?;
         let state = Quoted::table_path(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table).map_err(ident)?;
         // Paused by a drop found earlier: nothing to do until the operator resumes.
         if let Some(dropped) = self.unresumed_drop(name, &state).await? {
@@ -249,6 +242,12 @@ impl Merger {
             return Ok(MergeReport { table: name.into(), window: None, affected_rows: 0, truncated_rows: 0, paused_by_drop: None });
         };
         let window = Window { from_micros: from, to_micros: to };
+        // Read after the window is fixed: a column that rows of the window
+        // carry was in both tables before those rows were (the pipeline
+        // adds it to the final table, then to the log, then ships).
+        if self.evolving() {
+            target = self.target(t, &self.merge_columns(t).await?)?;
+        }
         let count = |resp: &gcp_bigquery_client::model::query_response::QueryResponse| -> u64 {
             resp.num_dml_affected_rows.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0)
         };
@@ -277,6 +276,25 @@ impl Merger {
         self.run(name, &sql::tombstone_statement(&target, &window)).await?;
         let resp = self.run(name, &sql::merge_statement(&target, &window)).await?;
         let affected = count(&resp) + truncated_rows;
+        // A column added while the MERGE ran (rows carrying it may be in the
+        // window): the window is merged again with it, the changes the final
+        // rows hold included, before the watermark moves past them.
+        for _ in 0..REMERGES {
+            if !self.evolving() {
+                break;
+            }
+            let columns = self.merge_columns(t).await?;
+            if columns.len() == target.columns.len() {
+                break;
+            }
+            tracing::info!(
+                table = name,
+                columns = columns.len() - target.columns.len(),
+                "columns were added during the merge: merging its window again with them"
+            );
+            target = MergeTarget { reapply_equal: true, ..self.target(t, &columns)? };
+            self.run(name, &sql::merge_statement(&target, &window)).await?;
+        }
         crate::failpoint::hit(crate::failpoint::MID_MERGE);
         // The watermark never moves backwards (a full merge may see less).
         let new_mark = watermark.map_or(to, |w| w.max(to));
@@ -285,6 +303,40 @@ impl Merger {
         Metrics::add(&self.metrics.merged_rows, affected);
         tracing::info!(table = name, affected_rows = affected, from = ?window.from_micros, to = window.to_micros, "merged");
         Ok(MergeReport { table: name.into(), window: Some(window), affected_rows: affected, truncated_rows, paused_by_drop: None })
+    }
+
+    fn evolving(&self) -> bool {
+        self.cfg.schema.evolve == crate::config::Evolve::AddColumns
+    }
+
+    /// The MERGE of `t` carrying `columns`.
+    fn target(&self, t: &TableConfig, columns: &[String]) -> Result<MergeTarget, MergeError> {
+        let ident = |source| MergeError::Identifier { table: t.final_table.clone(), source };
+        MergeTarget::new(&self.bq.project, &self.bq.dataset, &t.log_table, &t.final_table, &t.primary_key, columns)
+            .and_then(|m| m.keep_when_missing(&t.keep_when_missing))
+            .and_then(|m| m.with_state(&self.bq.project, &self.bq.dataset, &self.cfg.bigquery.state_table, &t.final_table))
+            .map_err(ident)
+    }
+
+    /// The columns a MERGE of `t` carries with schema evolution: the
+    /// configured ones, then the source columns both its log and final
+    /// table hold (added by the pipeline, in this run or an earlier one),
+    /// in log-table order. A name that is not a valid column name is left
+    /// out (it never reaches SQL).
+    async fn merge_columns(&self, t: &TableConfig) -> Result<Vec<String>, MergeError> {
+        let failed = |e: crate::sink::schema::SchemaError| MergeError::Query { table: t.final_table.clone(), message: e.to_string() };
+        let mut columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+        let in_final = self.bq.source_columns(&t.final_table).await.map_err(failed)?;
+        for c in self.bq.source_columns(&t.log_table).await.map_err(failed)? {
+            let known = |have: &[String]| have.iter().any(|h| h.eq_ignore_ascii_case(&c.name));
+            if !known(&columns)
+                && in_final.iter().any(|f| f.name.eq_ignore_ascii_case(&c.name))
+                && crate::decode::ident::validate_column(&c.name).is_ok()
+            {
+                columns.push(c.name);
+            }
+        }
+        Ok(columns)
     }
 
     /// Merges every configured table, one after the other.

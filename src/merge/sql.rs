@@ -65,6 +65,11 @@ pub struct MergeTarget {
     /// Where the table's truncation point lives (set by
     /// [`MergeTarget::with_state`]; the service always sets it).
     pub state: Option<StateRow>,
+    /// Applies a change whose ordering value equals the final row's too
+    /// (the same change: ordering values name one change), to write
+    /// columns a first MERGE over the window did not know yet (schema
+    /// evolution). Off, only newer changes are applied.
+    pub reapply_equal: bool,
 }
 
 /// The merge-state table and the key of a final table's row in it.
@@ -93,6 +98,7 @@ impl MergeTarget {
             tombstones: Quoted::table_path(project, dataset, &tombstone_table_name(target))?,
             keep: Vec::new(),
             state: None,
+            reapply_equal: false,
         })
     }
 
@@ -160,7 +166,8 @@ pub fn merge_statement(t: &MergeTarget, window: &Window) -> String {
         .join(", ");
     let insert_cols = format!("{cols}, {order}, {key}");
     let insert_vals = t.columns.iter().chain([&order, &key]).map(|c| format!("S.{c}")).collect::<Vec<_>>().join(", ");
-    let newer = format!("(T.{order} IS NULL OR S.{order} > T.{order})");
+    let cmp = if t.reapply_equal { ">=" } else { ">" };
+    let newer = format!("(T.{order} IS NULL OR S.{order} {cmp} T.{order})");
     let missing = Quoted::internal(COL_MISSING);
     let mut providers = String::new();
     let (mut except, mut outer) = (Vec::new(), String::new());
@@ -350,6 +357,16 @@ mod tests {
             &["tenant".into(), "id".into(), "amount".into()],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_reapplying_merge_also_applies_the_change_the_final_row_holds() {
+        let w = Window { from_micros: None, to_micros: 2_000_000 };
+        let first = merge_statement(&target(), &w);
+        let again = merge_statement(&MergeTarget { reapply_equal: true, ..target() }, &w);
+        assert!(first.contains("S.`_landfall_order` > T.`_landfall_order`") && !first.contains(">= T."), "{first}");
+        assert!(again.contains("(T.`_landfall_order` IS NULL OR S.`_landfall_order` >= T.`_landfall_order`)"), "{again}");
+        assert_eq!(first.replace(">= T.", "> T."), again.replace(">= T.", "> T."), "only the comparison differs");
     }
 
     #[test]

@@ -37,6 +37,8 @@
 //!
 //! # Files, in the order a batch goes through them
 //!
+//! * [`evolve`]: step 1 with schema evolution: [`plan_all`] plans a batch,
+//!   adding the columns its messages need first;
 //! * [`prepare`]: steps 1 and 2: [`plan`] decides what becomes of a message
 //!   (rows, a dead letter, or nothing), [`prepare::prepare`] registers what
 //!   each message waits for and builds the WAL batch of the new rows (their
@@ -52,6 +54,7 @@
 //! (an offset acknowledged to the consumer group).
 
 pub mod commit;
+pub mod evolve;
 pub mod land;
 pub mod letters;
 pub mod prepare;
@@ -62,9 +65,10 @@ mod tests;
 
 pub use crate::source::message::Msg;
 pub use commit::committed_offsets;
+pub use evolve::plan_all;
 pub use land::{flush_durably, ship_and_land, Resolved, Shipped};
 pub use letters::{dead_letter, dead_letter_row, kept_message, refused_row_letter, DEAD_LETTER_PAYLOAD_LIMIT};
-pub use prepare::{group, msg_bytes, pending_record, plan, Groups, Origins, Plan};
+pub use prepare::{group, msg_bytes, pending_record, plan, Evolution, Groups, NewColumn, Origins, Plan};
 pub use recover::{recover, Recovered};
 pub use run::run;
 
@@ -90,6 +94,10 @@ pub enum PipelineError {
          This is a bug: report it with this message; a restart re-reads the message from the last committed offset"
     )]
     RowEncode { table: String, key: String, message: String },
+    /// Shutdown came while a batch waited for schema evolution: nothing of
+    /// the batch was begun or acknowledged (its messages are read again).
+    #[error("shutdown requested while columns were being added; the batch was not begun")]
+    Shutdown,
 }
 
 /// Where the bridge stopped.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Evolve, TableConfig};
 use crate::decode::row::{self, Coords};
 use crate::decode::{dms, Control, ControlKind, Decoded, Rejection};
 use crate::key::DedupKey;
@@ -30,6 +30,27 @@ pub enum Plan {
     Dead(Box<DeadLetter>),
     /// Nothing to ship (a reported control record, an unrouted table in non-strict mode).
     Ack,
+    /// Columns to add to a table first (`[schema] evolve = "add-columns"`):
+    /// the message is planned again once they exist ([`super::evolve`]).
+    Evolve(Box<Evolution>),
+}
+
+/// Columns a message needs that its table's route does not configure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evolution {
+    /// The route's `source` (`schema.table`).
+    pub source: String,
+    pub columns: Vec<NewColumn>,
+    /// From a control record (which is acknowledged, never dead-lettered,
+    /// if its columns cannot be added), not from a change.
+    pub from_control: bool,
+}
+
+/// One column to add, with the type its control record gave it, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewColumn {
+    pub name: String,
+    pub defined: Option<crate::decode::ColumnType>,
 }
 
 /// Decides what becomes of a message. Never panics.
@@ -44,6 +65,13 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
             Decoded::Control(control) => plan_control(cfg, &control, &at, metrics),
             Decoded::Row(change) => match cfg.route(&change.schema, &change.table) {
                 Some(route) => {
+                    if cfg.schema.evolve == Evolve::AddColumns {
+                        let unknown = row::unknown_columns(&change, route)?;
+                        if !unknown.is_empty() {
+                            let columns = unknown.into_iter().map(|name| NewColumn { name, defined: None }).collect();
+                            return Ok(Plan::Evolve(Box::new(Evolution { source: route.source.clone(), columns, from_control: false })));
+                        }
+                    }
                     let rows = row::build(&change, route, &at)?;
                     // A row BigQuery can never take would otherwise be written
                     // to the WAL, shipped, refused and dead-lettered on its
@@ -87,15 +115,42 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
 /// * the other DDL kinds are reported (WARN naming the table, what the
 ///   record carries and what to do; counted in `ddl_reported`) and acknowledged;
 /// * `create-table`, and anything for a table that is not routed, is logged
-///   and acknowledged: a control record is never dead-lettered for its table.
+///   and acknowledged: a control record is never dead-lettered for its table;
+/// * with `[schema] evolve = "add-columns"`, a record that defines columns
+///   (`add-column`, `change-columns`, `create-table` with
+///   `IncludeControlDetails`) of a routed table that it does not configure
+///   becomes [`Plan::Evolve`], with the types it gives them; planned again
+///   once they exist, an `add-column` whose columns all exist is logged and
+///   acknowledged (nothing left to do).
 fn plan_control(cfg: &Config, control: &Control, at: &Coords, metrics: &Metrics) -> Result<Plan, Rejection> {
-    metrics.control_record(&control.operation);
     let table = control.table_name();
     let route = match (&control.schema, &control.table) {
         (Some(schema), Some(name)) => cfg.route(schema, name),
         _ => None,
     };
     let (topic, partition, offset) = (&at.topic, at.partition, at.offset);
+    if let (Some(route), Evolve::AddColumns) = (route, cfg.schema.evolve) {
+        if control.kind.defines_columns() && !control.column_defs.is_empty() {
+            let columns = new_columns(control, route, at);
+            if !columns.is_empty() {
+                // Counted once, when it is planned for the last time.
+                return Ok(Plan::Evolve(Box::new(Evolution { source: route.source.clone(), columns, from_control: true })));
+            }
+            if control.kind == ControlKind::AddColumn {
+                metrics.control_record(&control.operation);
+                tracing::info!(operation = control.operation, table, final_table = %route.final_table, topic = %topic, partition, offset,
+                    "source table gained columns: they are in the log and final tables (schema evolution)");
+                return Ok(Plan::Ack);
+            }
+        } else if control.kind == ControlKind::AddColumn {
+            metrics.control_record(&control.operation);
+            tracing::info!(operation = control.operation, table, final_table = %route.final_table, topic = %topic, partition, offset,
+                "source table gained a column (the record does not say which: IncludeControlDetails is off); schema evolution \
+                 adds it when a change carries it, as [schema] default_type");
+            return Ok(Plan::Ack);
+        }
+    }
+    metrics.control_record(&control.operation);
     match (control.kind, route) {
         (ControlKind::Truncate | ControlKind::DropTable, Some(route)) => {
             let Some(row) = row::build_control(control, route, at)? else { return Ok(Plan::Ack) };
@@ -131,6 +186,34 @@ fn plan_control(cfg: &Config, control: &Control, at: &Coords, metrics: &Metrics)
     }
 }
 
+/// The columns `control` defines that `route` does not configure, each with
+/// the BigQuery type its definition maps to (none: the configured default).
+/// A name that is not a valid column name is left out with a warning (the
+/// changes that carry it are dead-lettered for it); a configured column the
+/// record defines with another type keeps its type (never retyped), with a
+/// warning.
+fn new_columns(control: &Control, route: &TableConfig, at: &Coords) -> Vec<NewColumn> {
+    let mut out: Vec<NewColumn> = Vec::new();
+    for def in &control.column_defs {
+        let defined = def.bigquery_type();
+        if let Some(have) = route.columns.iter().find(|c| c.name.eq_ignore_ascii_case(&def.name)) {
+            if defined.is_some_and(|ty| ty != have.ty) {
+                tracing::warn!(table = %route.source, column = %have.name, configured = have.ty.sql_name(), source_type = %def.source_type,
+                    offset = at.offset, "a control record defines a configured column with another type: the column keeps its type (never retyped)");
+            }
+            continue;
+        }
+        if let Err(e) = crate::decode::ident::validate_column(&def.name) {
+            tracing::warn!(table = %route.source, error = %e, offset = at.offset, "a control record defines a column that cannot be added");
+            continue;
+        }
+        if !out.iter().any(|c| c.name.eq_ignore_ascii_case(&def.name)) {
+            out.push(NewColumn { name: def.name.clone(), defined });
+        }
+    }
+    out
+}
+
 /// The bytes a message counts against `pipeline.batch_max_bytes` and
 /// `pipeline.max_inflight_bytes`: its value.
 pub fn msg_bytes(m: &Msg) -> usize {
@@ -146,24 +229,17 @@ pub struct Prepared {
     pub origins: Origins,
 }
 
-/// Steps 1 and 2 for a batch: plans every message, registers what each waits
-/// for, and builds the WAL batch of its new rows (which the caller commits,
-/// durably, before shipping them).
+/// Steps 1 and 2 for a batch: takes every message's plan
+/// ([`super::evolve::plan_all`]), registers what each waits for, and builds
+/// the WAL batch of its new rows (which the caller commits, durably, before
+/// shipping them).
 pub async fn prepare(
     cfg: &Config,
     wal: &Wal,
     metrics: &Metrics,
     progress: &SharedProgress,
-    msgs: Vec<Msg>,
+    plans: Vec<(Msg, Plan)>,
 ) -> Result<Prepared, PipelineError> {
-    // Decoding needs no lock.
-    let plans: Vec<(Msg, Plan)> = msgs
-        .into_iter()
-        .map(|m| {
-            let p = plan(cfg, &m, metrics);
-            (m, p)
-        })
-        .collect();
     let mut wal_batch = WalBatch::default();
     let mut to_ship: Vec<(String, LogRow)> = Vec::new();
     let mut absorbed = 0u64;
@@ -176,15 +252,10 @@ pub async fn prepare(
             let rows: Vec<(String, LogRow)> = match plan {
                 Plan::Ack => Vec::new(),
                 Plan::Rows(rows) => rows.into_iter().collect(),
-                Plan::Dead(d) => {
-                    tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason, "dead-lettering message");
-                    let row = dead_letter_row(&d);
-                    if wal.state(&row.key)? == KeyState::Absent && !p.is_in_flight(&row.key) {
-                        wal_batch.dead_letter(&d);
-                        metrics.dead_letter(d.stage.name());
-                    }
-                    vec![(cfg.bigquery.dead_letter_table.clone(), row)]
-                }
+                // plan_all plans these again; one that is left is a bug, and
+                // its message is kept as a dead letter, never acknowledged.
+                Plan::Evolve(e) => dead_rows(cfg, wal, metrics, &p, &mut wal_batch, &dead_letter(&msg, unevolved(&e)))?,
+                Plan::Dead(d) => dead_rows(cfg, wal, metrics, &p, &mut wal_batch, &d)?,
             };
             for (table, row) in rows {
                 if p.is_in_flight(&row.key) {
@@ -212,6 +283,36 @@ pub async fn prepare(
         wal_batch.add_to_counter(COUNTER_DUPLICATES_ABSORBED, absorbed);
     }
     Ok(Prepared { groups: group(to_ship), wal_batch, origins })
+}
+
+/// The dead-letter table's row of `d`; the dead letter goes into the WAL
+/// batch unless the WAL or a batch in flight already has it.
+fn dead_rows(
+    cfg: &Config,
+    wal: &Wal,
+    metrics: &Metrics,
+    p: &progress::Progress,
+    wal_batch: &mut WalBatch,
+    d: &DeadLetter,
+) -> Result<Vec<(String, LogRow)>, PipelineError> {
+    tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason, "dead-lettering message");
+    let row = dead_letter_row(d);
+    if wal.state(&row.key)? == KeyState::Absent && !p.is_in_flight(&row.key) {
+        wal_batch.dead_letter(d);
+        metrics.dead_letter(d.stage.name());
+    }
+    Ok(vec![(cfg.bigquery.dead_letter_table.clone(), row)])
+}
+
+/// The dead-letter reason of a message whose columns were not added.
+pub fn unevolved(e: &Evolution) -> String {
+    let names: Vec<&str> = e.columns.iter().map(|c| c.name.as_str()).collect();
+    format!(
+        "columns {} are not configured for table `{}` and were not added by schema evolution (see the log's schema evolution errors); \
+         add them to the table's columns, then `landfall dlq replay`",
+        names.join(", "),
+        e.source
+    )
 }
 
 /// The message each row to ship came from: the dead letter of a row

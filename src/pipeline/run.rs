@@ -19,6 +19,7 @@ use crate::source::progress::{self, SharedProgress};
 use crate::wal::{now_ms, Wal};
 
 use super::commit::{commit_ready, committed_points, drain_rebalance_events};
+use super::evolve::plan_all;
 use super::land::{blocking, flush_durably, ship_and_land, Shipped};
 use super::prepare::{msg_bytes, prepare, Prepared};
 use super::recover::{recover, Recovered};
@@ -47,6 +48,8 @@ pub async fn run(
         Recovered::Interrupted => return Ok(Stopped::Interrupted),
     }
     metrics.consuming_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    // The config messages are planned with: schema evolution grows it.
+    let mut live = cfg.clone();
     let progress = SharedProgress::default();
     let (consumer, ctx) = kafka::subscribe(&cfg.kafka, progress.clone(), cfg.pipeline.shutdown_timeout, metrics.clone())?;
     let consumer = Arc::new(consumer);
@@ -86,7 +89,24 @@ pub async fn run(
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
             metrics.record_consumed(&msgs);
             let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
-            let Prepared { groups, wal_batch, origins } = prepare(&cfg, &wal, &metrics, &progress, msgs).instrument(span).await?;
+            let planned = match plan_all(&mut live, &*sink, msgs, &metrics, &shutdown).instrument(span.clone()).await {
+                Ok(planned) => planned,
+                Err(PipelineError::Shutdown) => {
+                    // Schema evolution was waiting for BigQuery: nothing of
+                    // the batch was begun, so it is left for the next start.
+                    if !stopping {
+                        stopping = true;
+                        drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
+                    }
+                    tracing::info!(
+                        in_flight = batches_in_flight,
+                        "shutdown while columns were being added: the batch is read again at the next start"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Prepared { groups, wal_batch, origins } = prepare(&live, &wal, &metrics, &progress, planned).instrument(span).await?;
             if groups.is_empty() {
                 // Nothing to ship: only counters (and dead letters already
                 // resolved) to make durable before the messages complete.

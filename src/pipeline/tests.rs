@@ -89,7 +89,7 @@ async fn a_refused_row_without_its_message_keeps_the_row_and_its_coordinates() {
     assert_eq!(d.row.as_ref().map(|r| (r.table.as_str(), r.key)), Some(("t_log", [3; 32])));
 }
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config::from_toml(
         r#"
 [kafka]
@@ -221,4 +221,177 @@ fn a_row_that_serializes_becomes_a_pending_record_holding_its_json() {
     json.insert("a".into(), Value::from(1));
     let rec = pending_record("t", &LogRow { key: DedupKey([1; 32]), json }).unwrap();
     assert_eq!((rec.table.as_str(), rec.row.as_slice()), ("t", br#"{"a":1}"#.as_slice()));
+}
+
+/// A DMS change of `sales.customers` carrying `data`.
+fn change_msg(offset: i64, data: Value) -> Msg {
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "data": data,
+        "metadata": {
+            "timestamp": "2026-11-27T10:00:00.000000Z", "record-type": "data", "operation": "update",
+            "partition-key-type": "schema-table", "schema-name": "sales", "table-name": "customers",
+            "transaction-id": "7", "transaction-record-id": offset.to_string(), "stream-position": format!("00000003.0000{offset:04}")
+        }
+    }))
+    .unwrap();
+    big_msg(offset, payload)
+}
+
+/// An `add-column` control record of `sales.customers` whose details define `columns`.
+fn add_column_msg(offset: i64, columns: Value) -> Msg {
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "control": { "table-def": { "columns": columns } },
+        "metadata": {
+            "timestamp": "2026-11-27T10:00:00.000000Z", "record-type": "control", "operation": "add-column",
+            "partition-key-type": "task-id", "schema-name": "sales", "table-name": "customers"
+        }
+    }))
+    .unwrap();
+    big_msg(offset, payload)
+}
+
+fn evolving() -> Config {
+    let mut cfg = config();
+    cfg.schema.evolve = crate::config::Evolve::AddColumns;
+    cfg
+}
+
+#[test]
+fn an_unconfigured_column_is_a_dead_letter_when_evolution_is_off_and_an_evolution_when_on() {
+    let metrics = Metrics::default();
+    let m = change_msg(1, serde_json::json!({"id": 1, "name": "a", "Score": 5, "note": "n"}));
+    match plan(&config(), &m, &metrics) {
+        Plan::Dead(d) => assert!(d.reason.contains("`Score` is not configured") && d.reason.contains("add-columns"), "{}", d.reason),
+        other => panic!("{other:?}"),
+    }
+    match plan(&evolving(), &m, &metrics) {
+        Plan::Evolve(e) => {
+            assert_eq!((e.source.as_str(), e.from_control), ("sales.customers", false));
+            let names: Vec<_> = e.columns.iter().map(|c| (c.name.as_str(), c.defined)).collect();
+            assert_eq!(names, vec![("Score", None), ("note", None)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A name that can never be a column is still the message's rejection.
+    let bad = change_msg(2, serde_json::json!({"id": 1, "_landfall_op": "D"}));
+    assert!(matches!(plan(&evolving(), &bad, &metrics), Plan::Dead(d) if d.reason.contains("reserved")));
+}
+
+#[test]
+fn an_add_column_record_defines_the_types_and_is_acknowledged_once_its_columns_exist() {
+    let metrics = Metrics::default();
+    let cols =
+        serde_json::json!({"id": {"type": "INT4"}, "score": {"type": "INT8"}, "price": {"type": "NUMERIC", "precision": 40, "scale": 2}});
+    let m = add_column_msg(3, cols);
+    let mut cfg = evolving();
+    let Plan::Evolve(e) = plan(&cfg, &m, &metrics) else { panic!("an add-column with new columns evolves") };
+    use crate::decode::ColumnType;
+    let got: Vec<_> = e.columns.iter().map(|c| (c.name.as_str(), c.defined)).collect();
+    // (Definitions in the record's order; serde_json's maps sort by name.)
+    assert_eq!(got, vec![("price", Some(ColumnType::Bignumeric)), ("score", Some(ColumnType::Int64))]);
+    assert!(e.from_control);
+    assert_eq!(Metrics::get(&metrics.control_records), 0, "counted when planned for the last time");
+    super::evolve::adopt(&mut cfg, "sales.customers", vec![crate::config::ColumnConfig::new("score", ColumnType::Int64)]);
+    super::evolve::adopt(&mut cfg, "sales.customers", vec![crate::config::ColumnConfig::new("price", ColumnType::Bignumeric)]);
+    assert!(matches!(plan(&cfg, &m, &metrics), Plan::Ack));
+    assert_eq!((Metrics::get(&metrics.control_records), Metrics::get(&metrics.ddl_reported)), (1, 0));
+    // Evolution off: reported, as before.
+    assert!(matches!(plan(&config(), &m, &metrics), Plan::Ack));
+    assert_eq!(Metrics::get(&metrics.ddl_reported), 1);
+}
+
+/// A sink that records the columns it was asked to add and answers as told.
+struct Columns {
+    asked: std::sync::Mutex<Vec<Vec<(String, crate::decode::ColumnType)>>>,
+    answer: fn(usize) -> Result<(), crate::sink::schema::SchemaError>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Columns {
+    async fn ship(&self, _table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
+        Ok(vec![RowOutcome::Landed; rows.len()])
+    }
+    async fn add_columns(
+        &self,
+        _table: &crate::config::TableConfig,
+        columns: &[crate::config::ColumnConfig],
+    ) -> Result<Vec<crate::config::ColumnConfig>, crate::sink::schema::SchemaError> {
+        let mut asked = self.asked.lock().unwrap();
+        asked.push(columns.iter().map(|c| (c.name.clone(), c.ty)).collect());
+        (self.answer)(asked.len()).map(|()| columns.to_vec())
+    }
+}
+
+fn transient() -> crate::sink::schema::SchemaError {
+    crate::sink::schema::SchemaError::Api { what: "table customers".into(), message: "HTTP 503".into(), transient: true }
+}
+
+#[tokio::test]
+async fn a_batch_waits_for_its_columns_then_carries_them_and_the_config_keeps_them() {
+    let sink = Columns { asked: Default::default(), answer: |n| if n == 1 { Err(transient()) } else { Ok(()) } };
+    let metrics = Metrics::default();
+    let mut cfg = Arc::new(evolving());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let msgs = vec![
+        change_msg(1, serde_json::json!({"id": 1, "name": "a"})),
+        add_column_msg(2, serde_json::json!({"score": {"type": "INT8"}})),
+        change_msg(3, serde_json::json!({"id": 1, "name": "a", "score": 5, "note": "n"})),
+    ];
+    let planned = super::plan_all(&mut cfg, &sink, msgs, &metrics, &rx).await.unwrap();
+    // One call per table, retried once after the transient failure; the
+    // control record's type wins over the default for `score`.
+    use crate::decode::ColumnType::{Int64, String as Str};
+    let want = vec![("score".to_owned(), Int64), ("note".to_owned(), Str)];
+    assert_eq!(*sink.asked.lock().unwrap(), vec![want.clone(), want]);
+    assert_eq!(Metrics::get(&metrics.schema_columns_added), 2);
+    let names: Vec<_> = cfg.tables[0].columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["id", "name", "score", "note"]);
+    assert!(matches!(&planned[1].1, Plan::Ack));
+    let Plan::Rows(rows) = &planned[2].1 else { panic!("{:?}", planned[2].1) };
+    assert_eq!((rows[0].1.json["score"].clone(), rows[0].1.json["note"].clone()), (Value::from(5), Value::from("n")));
+    let Plan::Rows(first) = &planned[0].1 else { panic!("{:?}", planned[0].1) };
+    assert!(!first[0].1.json.contains_key("score"), "planned before the columns, as it was");
+}
+
+#[tokio::test]
+async fn a_refusal_dead_letters_the_changes_naming_the_columns_and_acknowledges_the_record() {
+    let sink = Columns {
+        asked: Default::default(),
+        answer: |_| {
+            Err(crate::sink::schema::SchemaError::Api {
+                what: "table customers".into(),
+                message: "HTTP 400: too many columns".into(),
+                transient: false,
+            })
+        },
+    };
+    let metrics = Metrics::default();
+    let mut cfg = Arc::new(evolving());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let msgs =
+        vec![add_column_msg(1, serde_json::json!({"score": {"type": "INT8"}})), change_msg(2, serde_json::json!({"id": 1, "score": 5}))];
+    let planned = super::plan_all(&mut cfg, &sink, msgs, &metrics, &rx).await.unwrap();
+    assert!(matches!(&planned[0].1, Plan::Ack));
+    let Plan::Dead(d) = &planned[1].1 else { panic!("{:?}", planned[1].1) };
+    for part in ["score", "sales.customers", "too many columns"] {
+        assert!(d.reason.contains(part), "`{part}` not in {}", d.reason);
+    }
+    assert_eq!(cfg.tables[0].columns.len(), 2, "nothing adopted");
+    assert_eq!(Metrics::get(&metrics.schema_columns_added), 0);
+}
+
+#[tokio::test]
+async fn shutdown_while_columns_cannot_be_added_ends_the_batch_unbegun() {
+    let sink = Columns { asked: Default::default(), answer: |_| Err(transient()) };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = Arc::new(evolving());
+    let metrics = Metrics::default();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tx.send(true).unwrap();
+    });
+    let got = super::plan_all(&mut cfg, &sink, vec![change_msg(1, serde_json::json!({"id": 1, "score": 5}))], &metrics, &rx).await;
+    assert!(matches!(got, Err(PipelineError::Shutdown)), "{:?}", got.map(|p| p.len()));
+    assert!(sink.asked.lock().unwrap().len() >= 2, "retried until the shutdown");
+    stop.await.unwrap();
 }

@@ -50,7 +50,8 @@ use tokio::sync::{watch, Semaphore};
 use super::client::{classify_insert_all, BigQuery, Failure};
 use super::request::{gzip_body, plan_requests};
 use super::response::{interpret, Answer, RowAnswer};
-use crate::config::BigQueryConfig;
+use super::schema::SchemaError;
+use crate::config::{BigQueryConfig, ColumnConfig, TableConfig};
 use crate::decode::value::format_timestamp_micros;
 use crate::metrics::{signalled, Metrics, SharedMetrics};
 pub use crate::table::LogRow;
@@ -71,6 +72,14 @@ pub enum SinkError {
 pub trait Sink: Send + Sync + 'static {
     /// Ships `rows` to `table`, returning one outcome per row in order.
     async fn ship(&self, table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError>;
+
+    /// Schema evolution: makes `columns` exist in `table`'s final and log
+    /// tables ([`BigQuery::add_columns`]), returning them with the types the
+    /// tables hold. A sink without tables takes them as given.
+    async fn add_columns(&self, table: &TableConfig, columns: &[ColumnConfig]) -> Result<Vec<ColumnConfig>, SchemaError> {
+        let _ = table;
+        Ok(columns.to_vec())
+    }
 }
 
 /// Limits and retry policy of the BigQuery sink.
@@ -103,11 +112,20 @@ pub struct BigQuerySink {
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     metrics: SharedMetrics,
+    /// For a log table schema evolution finds missing.
+    log_partition_expiration: Duration,
 }
 
 impl BigQuerySink {
     pub fn new(bq: BigQuery, cfg: &BigQueryConfig, shutdown: watch::Receiver<bool>, metrics: SharedMetrics) -> Self {
-        BigQuerySink { bq, policy: ShipPolicy::from(cfg), permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)), shutdown, metrics }
+        BigQuerySink {
+            bq,
+            policy: ShipPolicy::from(cfg),
+            permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
+            shutdown,
+            metrics,
+            log_partition_expiration: cfg.log_partition_expiration,
+        }
     }
 
     async fn backoff(&self, attempt: u32) -> Result<(), SinkError> {
@@ -244,6 +262,10 @@ impl BigQuerySink {
 
 #[async_trait]
 impl Sink for BigQuerySink {
+    async fn add_columns(&self, table: &TableConfig, columns: &[ColumnConfig]) -> Result<Vec<ColumnConfig>, SchemaError> {
+        self.bq.add_columns(table, columns, self.log_partition_expiration).await
+    }
+
     async fn ship(&self, table: &str, rows: &[LogRow]) -> Result<Vec<RowOutcome>, SinkError> {
         let mut out: Vec<Option<RowOutcome>> = vec![None; rows.len()];
         let (requests, oversized) = plan_requests(rows, self.policy.max_rows, self.policy.max_bytes);

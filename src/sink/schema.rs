@@ -16,6 +16,9 @@
 //!
 //! A table that exists but lacks a configured column gets it added (BigQuery
 //! allows adding NULLABLE columns); no column is ever dropped or retyped.
+//! Schema evolution ([`BigQuery::add_columns`]) adds a column to the final
+//! table first and to the log table second: a row can carry the column only
+//! once the log table has it, and by then the final table has it too.
 
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::clustering::Clustering;
@@ -26,8 +29,8 @@ use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 
-use super::client::{redact, BigQuery};
-use crate::config::{Config, TableConfig};
+use super::client::{classify, redact, BigQuery, Failure};
+use crate::config::{ColumnConfig, Config, TableConfig};
 use crate::decode::ident::Quoted;
 use crate::decode::ColumnType;
 use crate::table::*;
@@ -35,12 +38,31 @@ use crate::table::*;
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("cannot create or read {what} in BigQuery: {message}. Check the project, dataset and the credentials' permissions (bigquery.dataEditor)")]
-    Api { what: String, message: String },
+    Api {
+        what: String,
+        message: String,
+        /// Worth trying again: a network error, a 5xx or 429, a concurrent
+        /// change of the same table (409, 412).
+        transient: bool,
+    },
+    #[error("column `{column}` of {table} has BigQuery type {ty}, which landfall does not write; give the column a type landfall writes (README, \"Types\") or leave it out of the source's changes")]
+    Unsupported { table: String, column: String, ty: String },
+}
+
+impl SchemaError {
+    /// Whether the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SchemaError::Api { transient: true, .. })
+    }
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(BQError) -> SchemaError {
     let what = what.into();
-    move |e| SchemaError::Api { what, message: redact(&e) }
+    move |e| {
+        let conflict = matches!(&e, BQError::ResponseError { error } if [409, 412].contains(&error.error.code));
+        let transient = conflict || matches!(classify(&e), Failure::Transient(_));
+        SchemaError::Api { what, message: redact(&e), transient }
+    }
 }
 
 fn is_not_found(e: &BQError) -> bool {
@@ -67,6 +89,34 @@ fn field(name: &str, ty: ColumnType) -> TableFieldSchema {
         ColumnType::Bytes => FieldType::Bytes,
     };
     TableFieldSchema::new(name, ft)
+}
+
+/// The type landfall writes a BigQuery column as; `None` for the types it
+/// never writes (RECORD, GEOGRAPHY, INTERVAL).
+fn column_type(ft: &FieldType) -> Option<ColumnType> {
+    Some(match ft {
+        FieldType::String => ColumnType::String,
+        FieldType::Bytes => ColumnType::Bytes,
+        FieldType::Integer | FieldType::Int64 => ColumnType::Int64,
+        FieldType::Float | FieldType::Float64 => ColumnType::Float64,
+        FieldType::Numeric => ColumnType::Numeric,
+        FieldType::Bignumeric => ColumnType::Bignumeric,
+        FieldType::Boolean | FieldType::Bool => ColumnType::Bool,
+        FieldType::Timestamp => ColumnType::Timestamp,
+        FieldType::Date => ColumnType::Date,
+        FieldType::Time => ColumnType::Time,
+        FieldType::Datetime => ColumnType::Datetime,
+        FieldType::Json => ColumnType::Json,
+        FieldType::Record | FieldType::Struct | FieldType::Geography | FieldType::Interval => return None,
+    })
+}
+
+/// A source column as a BigQuery table holds it: its name, and its type if
+/// landfall writes that type (else the type's name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceColumn {
+    pub name: String,
+    pub ty: Result<ColumnType, String>,
 }
 
 pub fn log_table_fields(t: &TableConfig) -> Vec<TableFieldSchema> {
@@ -207,7 +257,7 @@ impl BigQuery {
             Ok(_) => self.ensure_table(&t.final_table, final_table_fields(t), None, None).await,
             Err(e) if is_not_found(&e) => {
                 let what = || format!("table {}.{}", self.dataset, t.final_table);
-                let bad = |e: crate::decode::ident::IdentError| SchemaError::Api { what: what(), message: e.to_string() };
+                let bad = |e: crate::decode::ident::IdentError| SchemaError::Api { what: what(), message: e.to_string(), transient: false };
                 let target = Quoted::table_path(&self.project, &self.dataset, &t.final_table).map_err(bad)?;
                 let columns = t
                     .columns
@@ -222,6 +272,60 @@ impl BigQuery {
             }
             Err(e) => Err(api(format!("table {}.{}", self.dataset, t.final_table))(e)),
         }
+    }
+
+    /// The source columns of `table` (its columns but landfall's own
+    /// `_landfall_` ones), in table order; empty if the table does not exist.
+    pub async fn source_columns(&self, table: &str) -> Result<Vec<SourceColumn>, SchemaError> {
+        match self.client.table().get(&self.project, &self.dataset, table, None).await {
+            Ok(t) => Ok(t
+                .schema
+                .fields
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| !f.name.to_ascii_lowercase().starts_with("_landfall_"))
+                .map(|f| SourceColumn {
+                    ty: column_type(&f.r#type).ok_or_else(|| format!("{:?}", f.r#type).to_ascii_uppercase()),
+                    name: f.name,
+                })
+                .collect()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(api(format!("table {}.{}", self.dataset, table))(e)),
+        }
+    }
+
+    /// Schema evolution: makes `columns` exist in `t`'s final table, then
+    /// in its log table (in that order: a row can carry a column only once
+    /// the log table has it, and then the final table has it too). A column
+    /// either table already has keeps the type it has there (an earlier try,
+    /// another process or an operator added it), so the columns returned,
+    /// one per column asked for, carry the types BigQuery holds. Nothing is
+    /// dropped or retyped. Safe to call again after any failure.
+    pub async fn add_columns(
+        &self,
+        t: &TableConfig,
+        columns: &[ColumnConfig],
+        log_partition_expiration: std::time::Duration,
+    ) -> Result<Vec<ColumnConfig>, SchemaError> {
+        let mut present = self.source_columns(&t.final_table).await?;
+        present.extend(self.source_columns(&t.log_table).await?);
+        let mut actual = Vec::with_capacity(columns.len());
+        for c in columns {
+            let ty = match present.iter().find(|p| p.name.eq_ignore_ascii_case(&c.name)) {
+                None => c.ty,
+                Some(SourceColumn { ty: Ok(ty), .. }) => *ty,
+                Some(SourceColumn { ty: Err(ty), name }) => {
+                    return Err(SchemaError::Unsupported { table: t.final_table.clone(), column: name.clone(), ty: ty.clone() })
+                }
+            };
+            actual.push(ColumnConfig { ty, ..c.clone() });
+        }
+        let mut grown = t.clone();
+        grown.columns.extend(actual.iter().cloned());
+        self.ensure_final_table(&grown).await?;
+        let expiration = TimePartitioning::per_day().field(COL_INGESTED).expiration_ms(log_partition_expiration);
+        self.ensure_table(&t.log_table, log_table_fields(&grown), Some(expiration), None).await?;
+        Ok(actual)
     }
 
     /// Creates the dataset and every table the config names.
