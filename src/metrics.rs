@@ -131,6 +131,8 @@ pub struct TableMerges {
     pub last_seconds: f64,
     /// ms since the epoch; 0: never.
     pub last_success_ms: u64,
+    /// The watermark the last merge left (µs since the epoch).
+    pub watermark_micros: Option<i64>,
 }
 
 /// A histogram of durations in seconds (5 ms to about 3 minutes), as
@@ -242,9 +244,10 @@ impl Metrics {
         *lock(&self.control_kinds).entry(kind.to_owned()).or_default() += 1;
     }
 
-    pub fn merge_succeeded(&self, table: &str, rows: u64, took: Duration) {
+    pub fn merge_succeeded(&self, table: &str, rows: u64, took: Duration, watermark_micros: Option<i64>) {
         let mut t = lock(&self.table_merges);
         let m = t.entry(table.to_owned()).or_default();
+        m.watermark_micros = watermark_micros.or(m.watermark_micros);
         m.merges += 1;
         m.rows += rows;
         m.last_seconds = took.as_secs_f64();

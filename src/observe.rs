@@ -179,6 +179,11 @@ pub struct TableStatus {
     pub last_merge_seconds: f64,
     /// ms since the epoch; none: no merge succeeded yet.
     pub last_merge_success_ms: Option<u64>,
+    /// The merge watermark (µs since the epoch): every change ingested
+    /// before it minus `merge.overlap` is in the final table; none: unknown
+    /// or nothing merged yet.
+    #[serde(default)]
+    pub merge_watermark_micros: Option<i64>,
     pub paused_by_drop: bool,
 }
 
@@ -194,6 +199,10 @@ pub struct Status {
     pub wal_bytes: Option<u64>,
     pub dead_letters: u64,
     pub landed_rows: u64,
+    /// Why the tables' merge state is missing (the service stopped and
+    /// BigQuery's state table could not be read), if it is.
+    #[serde(default)]
+    pub merge_state_unavailable: Option<String>,
 }
 
 impl Status {
@@ -236,6 +245,7 @@ impl Status {
                 merged_rows: s.rows,
                 last_merge_seconds: s.last_seconds,
                 last_merge_success_ms: (s.last_success_ms > 0).then_some(s.last_success_ms),
+                merge_watermark_micros: s.watermark_micros,
                 paused_by_drop: paused.contains(t),
             })
             .collect();
@@ -249,6 +259,7 @@ impl Status {
             wal_bytes: observed.wal.size_on_disk().ok(),
             dead_letters: Metrics::get(&m.dead_lettered),
             landed_rows: Metrics::get(&m.landed),
+            merge_state_unavailable: None,
         }
     }
 }
@@ -357,6 +368,12 @@ impl Collector for Observed {
         gauge(e, "landfall_inflight_bytes", "Message bytes read and not yet landed.", g(&m.inflight_bytes) as f64)?;
         gauge(e, "landfall_inflight_bytes_max", "High-water mark of landfall_inflight_bytes.", g(&m.inflight_bytes_max) as f64)?;
         gauge(e, "landfall_wal_pending_rows", "Rows pending in the WAL (written, not yet landed).", self.wal.pending_count() as f64)?;
+        gauge(
+            e,
+            "landfall_wal_landed_keys",
+            "Landed (or rejected) keys the WAL holds to absorb redeliveries until wal.retention prunes them.",
+            self.wal.resolved_count() as f64,
+        )?;
         let oldest = self.wal.oldest_pending_ms().map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
         gauge(e, "landfall_wal_oldest_pending_age_seconds", "Age of the oldest row pending in the WAL (0: none).", oldest)?;
         if let Ok(bytes) = self.wal.size_on_disk() {
@@ -389,6 +406,14 @@ impl Collector for Observed {
         let rows: Vec<_> =
             merges.iter().filter(|(_, s)| s.last_success_ms > 0).map(|(t, s)| (table(t), s.last_success_ms as f64 / 1000.0)).collect();
         family(e, "landfall_merge_last_success_timestamp_seconds", "When the last merge completed (Unix time).", MetricType::Gauge, &rows)?;
+        let rows: Vec<_> = merges.iter().filter_map(|(t, s)| s.watermark_micros.map(|w| (table(t), w as f64 / 1_000_000.0))).collect();
+        family(
+            e,
+            "landfall_merge_watermark_timestamp_seconds",
+            "The merge watermark (Unix time): changes ingested before it minus merge.overlap are in the final table.",
+            MetricType::Gauge,
+            &rows,
+        )?;
         let paused: Vec<_> = lock(&m.paused_tables).iter().map(|t| (table(t), 1.0)).collect();
         family(e, "landfall_merge_paused", "1 for a final table whose merge waits for `landfall ddl resume`.", MetricType::Gauge, &paused)?;
         Ok(())

@@ -4,16 +4,18 @@
 //! service (`GET /status`, [`crate::observe::Status`]). Otherwise it reads
 //! what is durable: the WAL (pending rows, the oldest one's age, size, dead
 //! letters) and, from Kafka, the group's committed offset and the high
-//! watermark of every partition of the configured topics. The WAL is opened
-//! by one process at a time: a service that runs without a reachable
-//! listener is reported as such, never waited for.
+//! watermark of every partition of the configured topics, and from
+//! BigQuery's merge-state table each table's merge watermark, last merge and
+//! whether a drop-table paused it (or why that could not be read). The WAL
+//! is opened by one process at a time: a service that runs without a
+//! reachable listener is reported as such, never waited for.
 
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::Config;
-use crate::observe::{PartitionStatus, Status};
+use crate::observe::{PartitionStatus, Status, TableStatus};
 use crate::source::kafka;
 use crate::wal::{now_ms, Wal, WalError};
 
@@ -62,11 +64,52 @@ pub async fn read(cfg: &Config) -> Result<Report, StatusError> {
             return Ok(Report { source: Source::Service(url), status });
         }
     }
-    let cfg = cfg.clone();
-    match tokio::task::spawn_blocking(move || offline(&cfg)).await {
-        Ok(r) => r,
-        Err(e) => Err(StatusError::Task(e.to_string())),
+    let owned = cfg.clone();
+    let mut report = match tokio::task::spawn_blocking(move || offline(&owned)).await {
+        Ok(r) => r?,
+        Err(e) => return Err(StatusError::Task(e.to_string())),
+    };
+    match tokio::time::timeout(MERGE_STATE_WAIT, merge_state(cfg)).await {
+        Ok(Ok(tables)) => report.status.tables = tables,
+        Ok(Err(why)) => report.status.merge_state_unavailable = Some(why),
+        Err(_) => report.status.merge_state_unavailable = Some(format!("BigQuery did not answer within {MERGE_STATE_WAIT:?}")),
     }
+    Ok(report)
+}
+
+/// How long a stopped service's status waits for BigQuery's merge state.
+const MERGE_STATE_WAIT: Duration = Duration::from_secs(20);
+
+/// Each configured table's merge state as BigQuery's state table holds it:
+/// the watermark, when it was last written (the last merge), and whether a
+/// drop-table not resumed from pauses the merge.
+async fn merge_state(cfg: &Config) -> Result<Vec<TableStatus>, String> {
+    if cfg.sink.kind == crate::config::SinkKind::Discard {
+        return Ok(Vec::new());
+    }
+    let bq = crate::sink::BigQuery::connect(&cfg.bigquery).await.map_err(|e| e.to_string())?;
+    let state = crate::decode::ident::Quoted::table_path(&bq.project, &bq.dataset, &cfg.bigquery.state_table).map_err(|e| e.to_string())?;
+    let sql = format!(
+        "SELECT final_table, UNIX_MICROS(watermark), UNIX_MILLIS(updated_at), dropped_order, resumed_order FROM {state} ORDER BY final_table"
+    );
+    let resp = bq.query(&sql).await.map_err(|e| format!("reading {}: {}", cfg.bigquery.state_table, crate::sink::client::redact(&e)))?;
+    let mut tables = Vec::new();
+    for row in resp.rows.as_deref().unwrap_or_default() {
+        let cell = |i| crate::sink::client::cell(row, i);
+        let Some(table) = cell(0).filter(|t| cfg.tables.iter().any(|c| &c.final_table == t)) else { continue };
+        let (dropped, resumed) = (cell(3), cell(4));
+        tables.push(TableStatus {
+            table,
+            merges: 0,
+            merge_failures: 0,
+            merged_rows: 0,
+            last_merge_seconds: 0.0,
+            last_merge_success_ms: cell(2).and_then(|v| v.parse().ok()),
+            merge_watermark_micros: cell(1).and_then(|v| v.parse().ok()),
+            paused_by_drop: dropped.is_some_and(|d| resumed.is_none_or(|r| r < d)),
+        });
+    }
+    Ok(tables)
 }
 
 /// The durable facts, with the service stopped.
@@ -116,6 +159,7 @@ fn offline(cfg: &Config) -> Result<Report, StatusError> {
         wal_bytes: wal.size_on_disk().ok(),
         dead_letters,
         landed_rows: 0,
+        merge_state_unavailable: None,
     };
     Ok(Report { source: Source::Stopped, status })
 }
@@ -140,23 +184,35 @@ impl std::fmt::Display for Report {
             writeln!(f, "{name:<32} {:>12} {:>12} {:>15} {:>10}", opt(p.consumed), opt(p.committed), opt(p.high_watermark), opt(p.lag))?;
         }
         if !s.tables.is_empty() {
+            // A stopped service's counters are gone: only the state table's facts.
+            let running = matches!(self.source, Source::Service(_));
             writeln!(
                 f,
-                "\n{:<32} {:>8} {:>9} {:>12} {:>14}  last success",
-                "table", "merges", "failures", "merged rows", "last merge (s)"
+                "\n{:<32} {:>8} {:>9} {:>12} {:>14}  {:<14} watermark",
+                "table", "merges", "failures", "merged rows", "last merge (s)", "last success"
             )?;
             for t in &s.tables {
                 let last = match t.last_merge_success_ms {
                     Some(ms) => format!("{:.0} s ago", (now_ms().saturating_sub(ms)) as f64 / 1000.0),
                     None => "never".into(),
                 };
+                let mark = t.merge_watermark_micros.map_or("-".to_owned(), crate::decode::value::format_timestamp_micros);
                 let paused = if t.paused_by_drop { "  PAUSED (landfall ddl resume)" } else { "" };
+                let count = |v: u64| if running { v.to_string() } else { "-".into() };
+                let took = if running { format!("{:.1}", t.last_merge_seconds) } else { "-".into() };
                 writeln!(
                     f,
-                    "{:<32} {:>8} {:>9} {:>12} {:>14.1}  {last}{paused}",
-                    t.table, t.merges, t.merge_failures, t.merged_rows, t.last_merge_seconds
+                    "{:<32} {:>8} {:>9} {:>12} {:>14}  {last:<14} {mark}{paused}",
+                    t.table,
+                    count(t.merges),
+                    count(t.merge_failures),
+                    count(t.merged_rows),
+                    took
                 )?;
             }
+        }
+        if let Some(why) = &s.merge_state_unavailable {
+            writeln!(f, "\nmerge state: unavailable ({why})")?;
         }
         let oldest = s.wal_oldest_pending_age_seconds.map_or("none".to_owned(), |a| format!("{a:.1} s"));
         let bytes = s.wal_bytes.map_or("?".to_owned(), |b| b.to_string());

@@ -86,6 +86,7 @@ async fn metrics_health_and_status_follow_the_bridge() {
     assert_eq!(at("landfall_insert_all_request_seconds_count"), at("landfall_insert_all_requests_total"));
     assert_eq!(at("landfall_produce_to_landed_seconds_count"), 22.0, "every message's latency");
     assert_eq!(at("landfall_wal_pending_rows"), 0.0);
+    assert_eq!(at("landfall_wal_landed_keys"), 21.0, "the keys held to absorb redeliveries: 20 widgets and the dead letter's row");
     assert_eq!(at("landfall_wal_oldest_pending_age_seconds"), 0.0);
     assert!(at("landfall_wal_bytes") > 0.0);
     assert_eq!(at("landfall_ready"), 1.0);
@@ -93,8 +94,10 @@ async fn metrics_health_and_status_follow_the_bridge() {
 
     // A merge by the service's own merger is counted per table.
     let own = landfall::merge::Merger::new(stack.bq.clone(), cfg.clone(), service.metrics.clone(), tokio::sync::watch::channel(false).1);
-    own.merge_table(route, false).await.unwrap();
+    let merged = own.merge_table(route, false).await.unwrap();
+    let watermark = merged.watermark_micros.expect("a merge that read rows sets the watermark");
     let m = samples(&get(&format!("{base}/metrics")).await.1);
+    assert_eq!(m.get(r#"landfall_merge_watermark_timestamp_seconds{table="widgets"}"#), Some(&(watermark as f64 / 1e6)), "{m:?}");
     assert_eq!(m.get(r#"landfall_merges_total{table="widgets"}"#), Some(&1.0), "{m:?}");
     assert_eq!(m.get(r#"landfall_merged_rows_total{table="widgets"}"#), Some(&20.0), "{m:?}");
     assert!(m.get(r#"landfall_merge_last_success_timestamp_seconds{table="widgets"}"#).is_some_and(|t| *t > 1.7e9), "{m:?}");
@@ -108,6 +111,7 @@ async fn metrics_health_and_status_follow_the_bridge() {
     assert_eq!(s["partitions"][0]["lag"], 0, "{s}");
     assert_eq!(s["tables"][0]["table"], "widgets", "{s}");
     assert_eq!(s["tables"][0]["merged_rows"], 20, "{s}");
+    assert_eq!(s["tables"][0]["merge_watermark_micros"], watermark, "{s}");
     assert_eq!(s["dead_letters"], 1, "{s}");
 
     // `landfall status` against the running service: it asks the listener.
@@ -118,6 +122,8 @@ async fn metrics_health_and_status_follow_the_bridge() {
     assert_eq!(report.status.partitions[0].committed, Some(22));
     let shown = report.to_string();
     assert!(shown.contains("ready") && shown.contains("dms.observe/0") && shown.contains("widgets"), "{shown}");
+    let mark_text = landfall::decode::value::format_timestamp_micros(watermark);
+    assert!(shown.contains(&mark_text), "the watermark {mark_text} in:\n{shown}");
     // A running service without a listener holds the WAL: said, not waited for.
     let mut unreachable = (**cfg).clone();
     unreachable.observability.listen = None;
@@ -133,4 +139,19 @@ async fn metrics_health_and_status_follow_the_bridge() {
     assert_eq!((p.topic.as_str(), p.partition, p.committed, p.high_watermark, p.lag), ("dms.observe", 0, Some(22), Some(22), Some(0)));
     assert_eq!((report.status.wal_pending_rows, report.status.dead_letters), (0, 1));
     assert!(report.to_string().contains("not running"), "{report}");
+    // ... and BigQuery's merge-state table where each table's merge stands.
+    assert_eq!(report.status.merge_state_unavailable, None);
+    let t = report.status.tables.iter().find(|t| t.table == "widgets").expect("the merged table");
+    assert_eq!((t.merge_watermark_micros, t.paused_by_drop), (Some(watermark), false));
+    assert!(t.last_merge_success_ms.is_some_and(|ms| ms > 1_700_000_000_000), "{t:?}");
+    assert!(report.to_string().contains(&mark_text), "{report}");
+    // BigQuery unreachable: the rest is still reported, and the table state is said to be missing.
+    let mut no_bq = (**cfg).clone();
+    no_bq.bigquery.endpoint = Some("http://127.0.0.1:9/bigquery/v2".into());
+    let report = landfall::status::read(&no_bq).await.unwrap();
+    assert_eq!(report.status.partitions[0].committed, Some(22));
+    assert!(report.status.tables.is_empty());
+    let why = report.status.merge_state_unavailable.clone().expect("said why");
+    assert!(report.to_string().contains("merge state: unavailable"), "{report}");
+    assert!(!why.is_empty());
 }

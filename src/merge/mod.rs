@@ -79,6 +79,10 @@ pub struct MergeReport {
     /// Set when the table's merge is paused by a drop-table: the ordering
     /// value of the drop. Nothing was merged and the watermark did not move.
     pub paused_by_drop: Option<String>,
+    /// The table's watermark after this merge (µs since the epoch; none:
+    /// nothing merged yet): every change ingested before `watermark -
+    /// merge.overlap` is in the final table.
+    pub watermark_micros: Option<i64>,
 }
 
 pub struct Merger {
@@ -176,7 +180,14 @@ impl Merger {
              `landfall ddl resume --table {name}`. Resume before the log's partitions expire (log_partition_expiration), \
              or the changes after the drop are lost to the final table"
         );
-        MergeReport { table: name.into(), window, affected_rows: truncated_rows, truncated_rows, paused_by_drop: Some(dropped) }
+        MergeReport {
+            table: name.into(),
+            window,
+            affected_rows: truncated_rows,
+            truncated_rows,
+            paused_by_drop: Some(dropped),
+            watermark_micros: None,
+        }
     }
 
     /// Lets the merge of `t` go on after a drop-table (the operator's
@@ -213,7 +224,9 @@ impl Merger {
         let started = std::time::Instant::now();
         let result = self.merge_once(t, full).await;
         match &result {
-            Ok(r) if r.paused_by_drop.is_none() => self.metrics.merge_succeeded(&r.table, r.affected_rows, started.elapsed()),
+            Ok(r) if r.paused_by_drop.is_none() => {
+                self.metrics.merge_succeeded(&r.table, r.affected_rows, started.elapsed(), r.watermark_micros)
+            }
             Ok(_) => {}
             Err(_) => self.metrics.merge_failed(&t.final_table),
         }
@@ -239,7 +252,14 @@ impl Merger {
         let overlap = self.cfg.merge.overlap.as_micros() as i64;
         let from = watermark.map(|w| w.saturating_sub(overlap));
         let Some(to) = self.scalar_i64(name, &sql::max_ingested_statement(&target.log, from)).await? else {
-            return Ok(MergeReport { table: name.into(), window: None, affected_rows: 0, truncated_rows: 0, paused_by_drop: None });
+            return Ok(MergeReport {
+                table: name.into(),
+                window: None,
+                affected_rows: 0,
+                truncated_rows: 0,
+                paused_by_drop: None,
+                watermark_micros: watermark,
+            });
         };
         let window = Window { from_micros: from, to_micros: to };
         // Read after the window is fixed: a column that rows of the window
@@ -302,7 +322,14 @@ impl Merger {
         Metrics::add(&self.metrics.merges, 1);
         Metrics::add(&self.metrics.merged_rows, affected);
         tracing::info!(table = name, affected_rows = affected, from = ?window.from_micros, to = window.to_micros, "merged");
-        Ok(MergeReport { table: name.into(), window: Some(window), affected_rows: affected, truncated_rows, paused_by_drop: None })
+        Ok(MergeReport {
+            table: name.into(),
+            window: Some(window),
+            affected_rows: affected,
+            truncated_rows,
+            paused_by_drop: None,
+            watermark_micros: Some(new_mark),
+        })
     }
 
     fn evolving(&self) -> bool {

@@ -97,6 +97,11 @@ pub struct Wal {
     /// is in, and how many of a batch's rows are still pending (rebuilt from
     /// the `b` records on open).
     open: Arc<Mutex<OpenBatches>>,
+    /// Resolution marks in the prune index (`l`): the landed (or rejected)
+    /// keys held to absorb redeliveries, counted on open and kept current by
+    /// commits and prunes. A key resolved again counts again until its
+    /// older mark is pruned.
+    resolved_held: Arc<std::sync::atomic::AtomicU64>,
     /// Commits still to fail with an injected I/O error (drills and tests).
     #[cfg(feature = "drill")]
     injected_io_errors: std::sync::Arc<std::sync::atomic::AtomicU32>,
@@ -298,12 +303,33 @@ impl Wal {
             db,
             tree,
             open: Default::default(),
+            resolved_held: Default::default(),
             #[cfg(feature = "drill")]
             injected_io_errors: Default::default(),
         };
         wal.rebuild_open_batches()?;
+        wal.count_resolved()?;
         wal.upgrade_dead_letters()?;
         Ok(wal)
+    }
+
+    /// Counts the resolution marks of the prune index (32 bytes per key).
+    fn count_resolved(&self) -> Result<(), WalError> {
+        let mut n = 0u64;
+        for item in self.tree.scan_prefix([b'l']) {
+            let (k, keys) = item?;
+            if k.len() == 17 {
+                n += (keys.len() / 32) as u64;
+            }
+        }
+        self.resolved_held.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Landed (or rejected) keys the WAL holds to absorb redeliveries until
+    /// `wal.retention` prunes them (see the field's docs).
+    pub fn resolved_count(&self) -> u64 {
+        self.resolved_held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Finds, per batch record, the rows still pending in it (no mark
@@ -437,6 +463,7 @@ impl Wal {
             return Err(e.into());
         }
         drop(open);
+        self.resolved_held.fetch_add(resolved.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if resolves {
             crate::failpoint::hit(crate::failpoint::AFTER_LANDED_APPLY);
         }
@@ -598,6 +625,7 @@ impl Wal {
                 }
             }
             batch.remove(k);
+            self.resolved_held.fetch_sub((keys.len() / 32) as u64, std::sync::atomic::Ordering::Relaxed);
             entries += 1;
             if entries % 1_000 == 0 {
                 self.tree.apply_batch(std::mem::take(&mut batch))?;
@@ -760,18 +788,23 @@ mod tests {
             b.pending(&key(1), &rec("{\"a\":1}"));
             b.pending(&key(2), &rec("{\"a\":2}"));
             wal.flush(b).unwrap();
+            assert_eq!(wal.resolved_count(), 0, "pending keys are not resolved ones");
             let mut b = WalBatch::default();
             b.landed(&key(1), 1000);
             wal.flush(b).unwrap();
+            assert_eq!(wal.resolved_count(), 1);
         }
         let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.resolved_count(), 1, "counted again on open");
         assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Resolved);
         assert_eq!(wal.state(&key(2)).unwrap(), KeyState::Pending);
         assert_eq!(wal.state(&key(3)).unwrap(), KeyState::Absent);
         let pending: Vec<_> = wal.pending().collect::<Result<_, _>>().unwrap();
         assert_eq!(pending, vec![(key(2), rec("{\"a\":2}"))]);
         assert_eq!(wal.prune(999).unwrap(), 0);
+        assert_eq!(wal.resolved_count(), 1);
         assert_eq!(wal.prune(1001).unwrap(), 1);
+        assert_eq!(wal.resolved_count(), 0, "pruned keys are no longer held");
         assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Absent);
         assert_eq!(wal.state(&key(2)).unwrap(), KeyState::Pending, "prune never drops pending records");
     }

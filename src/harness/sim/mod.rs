@@ -281,6 +281,9 @@ pub struct Simulator {
     /// Messages per transaction (by [`transaction_tag`]): the first that
     /// many messages of a transaction in a stream are its originals.
     txn_lengths: HashMap<String, usize>,
+    /// Columns added at the source ([`Simulator::add_column`]): table index,
+    /// name and value generator.
+    added_columns: Vec<(usize, String, fn(&mut StdRng) -> SourceValue)>,
 }
 
 /// The per-transaction state of [`Simulator::changes`].
@@ -318,7 +321,40 @@ impl Simulator {
             dead_letters: Vec::new(),
             bad_payloads: HashSet::new(),
             txn_lengths: HashMap::new(),
+            added_columns: Vec::new(),
         }
+    }
+
+    /// The source table `table` gains column `name` (`ALTER TABLE ... ADD
+    /// COLUMN`, NULL in the rows it holds): rows written from now on carry
+    /// values from `generate` (now and then NULL, left out as DMS does), and
+    /// [`Simulator::tables`] (the oracle's tables) lists it as `ty`.
+    pub fn add_column(&mut self, table: &str, name: &str, ty: ColumnType, generate: fn(&mut StdRng) -> SourceValue) {
+        let i = self.tables.iter().position(|t| t.source == table).expect("a simulated table");
+        self.tables[i].columns.push(ColumnConfig::new(name, ty));
+        self.added_columns.push((i, name.to_owned(), generate));
+    }
+
+    /// The `add-column` control record DMS publishes for `table` with
+    /// `IncludeControlDetails`: `columns` are the table's column
+    /// definitions as the record carries them (name -> `{"type": ...}`).
+    /// DMS does not document that part's layout; this is the shape
+    /// `src/decode/column_defs.rs` reads (any nesting, objects keyed by
+    /// column name). Control records are keyed by task, not by row.
+    pub fn add_column_record(&mut self, table: &str, columns: Value) -> SimMessage {
+        let (schema, name) = table.split_once('.').expect("schema.table");
+        let payload = json!({
+            "control": { "table-def": { "columns": columns } },
+            "metadata": {
+                "timestamp": format_utc_micros(self.clock_nanos),
+                "record-type": "control",
+                "operation": "add-column",
+                "partition-key-type": "task-id",
+                "schema-name": schema,
+                "table-name": name,
+            }
+        });
+        SimMessage { table: table.to_owned(), key: b"task-1".to_vec(), payload: serde_json::to_vec(&payload).expect("json") }
     }
 
     pub fn tables(&self) -> &[TableConfig] {
@@ -439,6 +475,12 @@ impl Simulator {
                         put(&mut m, name, v);
                     }
                 }
+            }
+        }
+        for (t, name, generate) in &self.added_columns {
+            if *t == table && r.random_bool(0.9) {
+                let v = generate(r);
+                put(&mut m, name, v);
             }
         }
         m
