@@ -320,22 +320,32 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
     let kafka = LocalKafka::start("dms.sales", opts.partitions)?;
     let sim_opts = SimOptions { dead_letters: true, every_type: true, ..sim_opts };
     let tables = crate::harness::sim::tables_for(&sim_opts);
-    let cfg = Arc::new(demo_config_for(
-        &kafka.bootstrap_servers(),
-        &opts.endpoint,
-        &opts.project,
-        dataset,
-        wal_dir.path(),
-        "dms.sales",
-        &tables,
-    )?);
+    let mut cfg = demo_config_for(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, dataset, wal_dir.path(), "dms.sales", &tables)?;
+    // The source gains a column between the two runs (below).
+    cfg.schema.evolve = crate::config::Evolve::AddColumns;
+    let cfg = Arc::new(cfg);
     println!("landfall demo: mock Kafka at {}, BigQuery emulator at {}, dataset {dataset}", kafka.bootstrap_servers(), opts.endpoint);
 
     let mut sim = Simulator::with_options(opts.seed, sim_opts);
     let mut first = sim.full_load(opts.load_rows);
     first.extend(sim.changes(opts.changes / 2));
     let dup1 = sim.duplicate(&mut first, opts.duplicate_rate);
-    let mut second = sim.changes(opts.changes - opts.changes / 2);
+    // ALTER TABLE orders ADD COLUMN gift_message: DMS's add-column record
+    // (IncludeControlDetails), then changes carrying the column. The config
+    // does not name it: schema evolution adds it while the bridge runs.
+    let (evolved_table, evolved_column) = ("sales.orders", "gift_message");
+    let mut second = vec![sim.add_column_record(
+        evolved_table,
+        serde_json::json!({
+            "order_id": {"type": "INT8"}, "customer_id": {"type": "INT8"}, "status": {"type": "WSTRING", "length": 20},
+            "amount": {"type": "NUMERIC", "precision": 12, "scale": 2},
+            evolved_column: {"type": "WSTRING", "length": 200},
+        }),
+    )];
+    sim.add_column(evolved_table, evolved_column, crate::decode::ColumnType::String, |r| {
+        crate::harness::sim::SourceValue::Text(crate::harness::sim::value::gen_text(r))
+    });
+    second.extend(sim.changes(opts.changes - opts.changes / 2));
     let dup2 = sim.duplicate(&mut second, opts.duplicate_rate);
     let republished = sim.republish(&mut second, 2);
     println!(
@@ -355,7 +365,11 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
     println!("run 1: {} messages consumed, landed and committed; bridge stopped (restart in the middle)", Metrics::get(&m1.consumed));
     kafka.produce(&second)?;
     let m2 = run_until_caught_up(&cfg, &kafka, Duration::from_secs(300)).await?;
-    println!("run 2: {} messages consumed, landed and committed", Metrics::get(&m2.consumed));
+    println!(
+        "run 2: {} messages consumed, landed and committed; {} column added mid-stream ({evolved_table}.{evolved_column}, not in the config: schema evolution)",
+        Metrics::get(&m2.consumed),
+        Metrics::get(&m2.schema_columns_added)
+    );
     let dups = Metrics::get(&m1.duplicates_absorbed) + Metrics::get(&m2.duplicates_absorbed);
     let landed = Metrics::get(&m1.landed) + Metrics::get(&m2.landed);
     let dead = Metrics::get(&m1.dead_lettered) + Metrics::get(&m2.dead_lettered);
@@ -368,7 +382,8 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
         let r = r?;
         println!("merged {}: {} rows changed", r.table, r.affected_rows);
     }
-    let verdicts = verify::verify_all(&bq, &cfg.tables, &sim.model).await.map_err(anyhow::Error::msg)?;
+    // The oracle's own tables (with the added column), not landfall's config.
+    let verdicts = verify::verify_all(&bq, sim.tables(), &sim.model).await.map_err(anyhow::Error::msg)?;
     let dead_letters =
         verify::verify_dead_letters(&bq, &cfg.bigquery.dead_letter_table, sim.expected_dead_letters()).await.map_err(anyhow::Error::msg)?;
     println!("elapsed: {:.1}s\n", t0.elapsed().as_secs_f64());
