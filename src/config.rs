@@ -166,8 +166,14 @@ pub struct SinkConfig {
 #[derive(Clone, Debug, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, tag = "method", rename_all = "kebab-case")]
 pub enum Auth {
-    /// A service-account JSON key file.
-    ServiceAccountKey { key_file: PathBuf },
+    /// A service-account JSON key file. It must not be readable by group
+    /// or others (as ssh refuses such private keys), unless
+    /// `allow_readable_key_file = true`.
+    ServiceAccountKey {
+        key_file: PathBuf,
+        #[serde(default)]
+        allow_readable_key_file: bool,
+    },
     /// Application default credentials (GOOGLE_APPLICATION_CREDENTIALS,
     /// gcloud user credentials, or the metadata server).
     #[default]
@@ -528,7 +534,7 @@ impl Config {
         for (name, value) in self.kafka.properties.iter_mut() {
             *value = expand_env_refs(value).map_err(|m| invalid(format!("kafka.properties.\"{name}\""), m))?;
         }
-        if let Auth::ServiceAccountKey { key_file } = &mut self.bigquery.auth {
+        if let Auth::ServiceAccountKey { key_file, .. } = &mut self.bigquery.auth {
             let expanded = expand_env_refs(&key_file.to_string_lossy()).map_err(|m| invalid("bigquery.auth.key_file", m))?;
             *key_file = PathBuf::from(expanded);
         }
@@ -708,8 +714,16 @@ impl Config {
     }
 }
 
-/// Expands `${NAME}` references to environment variables. `$${` is a literal `${`.
+/// Expands references in a config value: `${NAME}` is the environment
+/// variable `NAME`; `${file:PATH}` is the content of the file at `PATH`
+/// (itself expanded for `${NAME}`, e.g. `${file:${CREDENTIALS_DIRECTORY}/kafka-password}`
+/// for a systemd credential), with surrounding whitespace trimmed. `$${` is
+/// a literal `${`. Errors name the variable or the file, never a value.
 pub fn expand_env_refs(value: &str) -> Result<String, String> {
+    expand_refs(value, true)
+}
+
+fn expand_refs(value: &str, files: bool) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(pos) = rest.find("${") {
@@ -721,14 +735,49 @@ pub fn expand_env_refs(value: &str) -> Result<String, String> {
         }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
-        let end = after.find('}').ok_or_else(|| "unterminated `${` reference".to_string())?;
-        let name = &after[..end];
-        let var = std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&var);
+        // The matching `}`: a file path may hold `${NAME}` references.
+        let mut depth = 0usize;
+        let end = after
+            .char_indices()
+            .find(|&(i, c)| match c {
+                '{' if after[..i].ends_with('$') => {
+                    depth += 1;
+                    false
+                }
+                '}' if depth > 0 => {
+                    depth -= 1;
+                    false
+                }
+                '}' => true,
+                _ => false,
+            })
+            .map(|(i, _)| i)
+            .ok_or_else(|| "unterminated `${` reference".to_string())?;
+        let inner = &after[..end];
+        match inner.strip_prefix("file:") {
+            Some(_) if !files => return Err("`${file:...}` cannot appear inside a file path".into()),
+            Some(path) => out.push_str(&read_secret_file(&expand_refs(path, false)?)?),
+            None => {
+                let var = std::env::var(inner).map_err(|_| format!("environment variable `{inner}` is not set"))?;
+                out.push_str(&var);
+            }
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The trimmed content of a secret file (`${file:PATH}`); an error names
+/// the path and what went wrong, never any of the content.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read secret file `{path}`: {}", e.kind()))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("secret file `{path}` is not UTF-8 text"))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("secret file `{path}` is empty"));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// True for librdkafka property names whose values are secrets.
@@ -900,12 +949,32 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
 
     #[test]
     fn shipped_example_config_is_valid() {
-        std::env::set_var("LANDFALL_MSK_PASSWORD", "s3cret-for-test");
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/landfall.example.toml");
-        let c = Config::load(&path).unwrap();
+        // As systemd hands the unit's credentials over (deploy/landfall.service).
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("kafka-password"), "s3cret-for-test\n").unwrap();
+        std::env::set_var("CREDENTIALS_DIRECTORY", creds.path());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let c = Config::load(&root.join("docs/landfall.example.toml")).unwrap();
         assert_eq!(c.tables.len(), 2);
-        assert!(matches!(c.bigquery.auth, Auth::ServiceAccountKey { .. }));
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cret-for-test");
+        let Auth::ServiceAccountKey { key_file, allow_readable_key_file: false } = &c.bigquery.auth else {
+            panic!("{:?}", c.bigquery.auth)
+        };
+        assert_eq!(key_file, &creds.path().join("bigquery-key.json"));
         assert!(!format!("{c:?}").contains("s3cret-for-test"));
+        // Every credential the unit loads is one the example config reads, and the other way round.
+        let unit = std::fs::read_to_string(root.join("deploy/landfall.service")).unwrap();
+        let loaded: Vec<&str> =
+            unit.lines().filter_map(|l| l.strip_prefix("LoadCredential=")).map(|l| l.split(':').next().unwrap()).collect();
+        let example = std::fs::read_to_string(root.join("docs/landfall.example.toml")).unwrap();
+        let read: Vec<&str> = example
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split("${CREDENTIALS_DIRECTORY}/").skip(1))
+            .map(|rest| rest.split(['}', '"']).next().unwrap())
+            .collect();
+        assert_eq!(loaded, read);
+        assert_eq!(loaded, vec!["kafka-password", "bigquery-key.json"]);
     }
 
     #[test]
@@ -913,5 +982,28 @@ columns = [ { name = "id", type = "INT64" }, { name = "name", type = "STRING" } 
         std::env::set_var("LANDFALL_TEST_X", "v");
         assert_eq!(expand_env_refs("a${LANDFALL_TEST_X}b$${c}").unwrap(), "avb${c}");
         assert!(expand_env_refs("${unterminated").is_err());
+    }
+
+    #[test]
+    fn file_references_read_trimmed_secrets_and_errors_never_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kafka-password"), "  s3cr3t-Value\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        std::env::set_var("LANDFALL_TEST_CREDENTIALS_DIRECTORY", dir.path());
+        let d = dir.path().display();
+        assert_eq!(expand_env_refs(&format!("${{file:{d}/kafka-password}}")).unwrap(), "s3cr3t-Value");
+        // systemd's LoadCredential= form: the directory from the environment.
+        assert_eq!(expand_env_refs("pw=${file:${LANDFALL_TEST_CREDENTIALS_DIRECTORY}/kafka-password}!").unwrap(), "pw=s3cr3t-Value!");
+        let missing = expand_env_refs(&format!("${{file:{d}/nope}}")).unwrap_err();
+        assert!(missing.contains(&format!("{d}/nope")) && missing.contains("not found"), "{missing}");
+        assert!(expand_env_refs(&format!("${{file:{d}/empty}}")).unwrap_err().contains("is empty"));
+        assert!(expand_env_refs("${file:${file:/etc/passwd}}").is_err(), "no file inside a file path");
+        // Through the config: the value is used, and never shown.
+        let toml = EXAMPLE.replace("${LANDFALL_TEST_SECRET}", "${file:${LANDFALL_TEST_CREDENTIALS_DIRECTORY}/kafka-password}");
+        let c = Config::from_toml(&toml).unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cr3t-Value");
+        assert!(!format!("{c:?}").contains("s3cr3t"), "a secret in the config's Debug");
+        let bad = Config::from_toml(&toml.replace("kafka-password", "missing")).err().unwrap().to_string();
+        assert!(bad.contains("sasl.password") && bad.contains("missing") && !bad.contains("s3cr3t"), "{bad}");
     }
 }

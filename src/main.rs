@@ -251,6 +251,13 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
+            // Whatever the service creates (the WAL's files, sled's later
+            // snapshots) is its owner's alone (docs/security.md).
+            #[cfg(unix)]
+            // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+            unsafe {
+                libc::umask(0o077);
+            }
             let cfg = Arc::new(Config::load(&config)?);
             tracing::info!(config = ?cfg, "starting");
             let end = service::run_until_signal(cfg).await?;

@@ -320,7 +320,8 @@ async fn run_scenario(opts: &DemoOptions, dataset: &str, sim_opts: SimOptions) -
     let kafka = LocalKafka::start("dms.sales", opts.partitions)?;
     let sim_opts = SimOptions { dead_letters: true, every_type: true, ..sim_opts };
     let tables = crate::harness::sim::tables_for(&sim_opts);
-    let mut cfg = demo_config_for(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, dataset, wal_dir.path(), "dms.sales", &tables)?;
+    let mut cfg =
+        demo_config_for(&kafka.bootstrap_servers(), &opts.endpoint, &opts.project, dataset, wal_dir.path(), "dms.sales", &tables)?;
     // The source gains a column between the two runs (below).
     cfg.schema.evolve = crate::config::Evolve::AddColumns;
     let cfg = Arc::new(cfg);

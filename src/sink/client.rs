@@ -28,10 +28,40 @@ use crate::config::{Auth, BigQueryConfig};
 pub enum ClientError {
     #[error("cannot read the service-account key file {path}: {message}. Check bigquery.auth.key_file")]
     KeyFile { path: String, message: String },
+    #[error(
+        "the service-account key file {path} is readable by group or others (mode {mode:o}): anyone on this host could act as \
+         the service account. Run `chmod 600 {path}` (or pass it as a systemd credential, README \"Deploying\"); to use it \
+         anyway set `allow_readable_key_file = true` in bigquery.auth"
+    )]
+    KeyFileReadable { path: String, mode: u32 },
     #[error("cannot set up application default credentials: {0}. Set GOOGLE_APPLICATION_CREDENTIALS or run on GCP with a service account")]
     Adc(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+}
+
+/// Refuses a key file that group or others may read (as ssh refuses such
+/// private keys), unless `allow`ed: then it is used with a warning.
+pub fn key_file_is_private(key_file: &std::path::Path, allow: bool) -> Result<(), ClientError> {
+    let path = key_file.to_string_lossy().into_owned();
+    let meta = std::fs::metadata(key_file).map_err(|e| ClientError::KeyFile { path: path.clone(), message: e.to_string() })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            if !allow {
+                return Err(ClientError::KeyFileReadable { path, mode });
+            }
+            tracing::warn!(
+                path,
+                mode = format!("{mode:o}"),
+                "the service-account key file is readable by group or others (allowed by allow_readable_key_file)"
+            );
+        }
+    }
+    let _ = (meta, allow);
+    Ok(())
 }
 
 /// How a failed request should be handled.
@@ -223,11 +253,9 @@ impl BigQuery {
         builder.with_v2_base_url(base_url.clone());
         let auth: Arc<dyn Authenticator> = match &cfg.auth {
             Auth::None => Arc::new(NoAuth),
-            Auth::ServiceAccountKey { key_file } => {
+            Auth::ServiceAccountKey { key_file, allow_readable_key_file } => {
                 let path = key_file.to_string_lossy().into_owned();
-                if let Err(e) = std::fs::metadata(key_file) {
-                    return Err(ClientError::KeyFile { path, message: e.to_string() });
-                }
+                key_file_is_private(key_file, *allow_readable_key_file)?;
                 let key = yup_oauth2::read_service_account_key(key_file)
                     .await
                     .map_err(|e| ClientError::KeyFile { path: path.clone(), message: redact(&e) })?;
@@ -345,6 +373,28 @@ pub fn cell(row: &gcp_bigquery_client::model::table_row::TableRow, i: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_can_read_is_refused_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.json");
+        std::fs::write(&key, "{}").unwrap();
+        for (mode, refused) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true), (0o644, true)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            match key_file_is_private(&key, false) {
+                Err(ClientError::KeyFileReadable { mode: m, .. }) if refused => assert_eq!(m, mode),
+                Ok(()) if !refused => {}
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+            assert!(key_file_is_private(&key, true).is_ok(), "allowed explicitly: mode {mode:o}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = key_file_is_private(&key, false).unwrap_err().to_string();
+        assert!(msg.contains("chmod 600") && msg.contains("allow_readable_key_file") && msg.contains("644"), "{msg}");
+        assert!(matches!(key_file_is_private(&dir.path().join("nope"), true), Err(ClientError::KeyFile { .. })));
+    }
 
     #[test]
     fn non_json_insert_all_answers_keep_their_status_and_a_short_clean_prefix() {

@@ -23,6 +23,9 @@
 //! record). After (2) the key is remembered until `wal.retention` prunes it, so
 //! a redelivered or re-published copy is recognised and not shipped again.
 //!
+//! The directory and its files are private to their owner (0700/0600,
+//! [`private`]): they hold row data.
+//!
 //! # Layout (one sled tree, keys prefixed by kind)
 //!
 //! * `c` + dedup key -> [`Record`] (format-versioned, see [`record`]): how
@@ -41,6 +44,7 @@
 //! * `meta:setting:` + name -> a setting the tables depend on (each table's
 //!   `order_by`), pinned on first use
 
+pub mod private;
 pub mod record;
 
 use std::path::Path;
@@ -289,7 +293,9 @@ impl Wal {
     /// own default is 1 GiB, which a bridge working through a large backlog
     /// would fill).
     pub fn open_with(path: &Path, cache_bytes: u64) -> Result<Wal, WalError> {
+        private::create_dir(path).map_err(|e| WalError::Io(sled::Error::Io(e)))?;
         let db = open_db(path, cache_bytes)?;
+        private::secure(path);
         let tree = db.open_tree("landfall")?;
         match tree.get(META_FORMAT)? {
             None => {
