@@ -91,6 +91,8 @@ pub struct Metrics {
     /// what was still in flight.
     pub revokes: AtomicU64,
     pub revokes_timed_out: AtomicU64,
+    /// MSK IAM tokens made for the group consumer, and refreshes that failed.
+    pub kafka_tokens: Arc<TokenStats>,
     /// Offset commits issued.
     pub commits: AtomicU64,
     /// MERGE statements run, rows they changed, and failed attempts.
@@ -162,6 +164,14 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub type SharedMetrics = Arc<Metrics>;
+
+/// SASL/OAUTHBEARER tokens handed to librdkafka, and refreshes that failed
+/// (src/source/msk_iam.rs).
+#[derive(Default, Debug)]
+pub struct TokenStats {
+    pub refreshes: AtomicU64,
+    pub failures: AtomicU64,
+}
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {

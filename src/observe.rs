@@ -362,6 +362,13 @@ impl Collector for Observed {
         counter(e, "landfall_wal_write_errors", "WAL writes that failed with an I/O error (retried).", g(&m.wal_errors))?;
         counter(e, "landfall_revokes", "Partition revokes (rebalances).", g(&m.revokes))?;
         counter(e, "landfall_revokes_timed_out", "Revokes whose wait for in-flight changes ran out.", g(&m.revokes_timed_out))?;
+        counter(e, "landfall_kafka_auth_tokens", "MSK IAM tokens made for the group consumer.", g(&m.kafka_tokens.refreshes))?;
+        counter(
+            e,
+            "landfall_kafka_auth_token_failures",
+            "MSK IAM token refreshes that failed (no credentials; librdkafka retries in 10 s).",
+            g(&m.kafka_tokens.failures),
+        )?;
         counter(e, "landfall_offset_commits", "Kafka offset commits issued.", g(&m.commits))?;
         counter(e, "landfall_merge_statement_failures", "Failed MERGE statement attempts (retried).", g(&m.merge_failures))?;
         counter(e, "landfall_merges_paused", "Merges skipped because the source table was dropped.", g(&m.merges_paused))?;

@@ -12,11 +12,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
 use crate::config::Config;
 use crate::observe::{PartitionStatus, Status, TableStatus};
-use crate::source::kafka;
 use crate::wal::{now_ms, Wal, WalError};
 
 /// Where a [`Report`] comes from.
@@ -46,6 +45,8 @@ pub enum StatusError {
     Wal(#[from] WalError),
     #[error("cannot read the group's offsets from Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    KafkaClient(#[from] crate::source::auth::ClientError),
     #[error("the status task failed: {0}")]
     Task(String),
 }
@@ -123,7 +124,7 @@ fn offline(cfg: &Config) -> Result<Report, StatusError> {
     })?;
     let now = now_ms();
     let dead_letters = wal.dead_letters().filter(|d| d.is_ok()).count() as u64;
-    let consumer: BaseConsumer = kafka::client_config(&cfg.kafka).create()?;
+    let consumer = crate::source::auth::base_consumer(&cfg.kafka, Default::default())?;
     let mut partitions = Vec::new();
     for topic in &cfg.kafka.topics {
         let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

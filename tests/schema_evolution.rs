@@ -84,7 +84,7 @@ async fn columns_added_mid_stream_land_and_merge_without_a_restart_and_survive_o
     assert_eq!(Metrics::get(&m.schema_columns_added), 3);
     assert_eq!(Metrics::get(&m.dead_lettered), 0, "nothing waited in the dead letters for its column");
     assert_eq!(Metrics::get(&m.ddl_reported), 0, "the add-column was applied, not reported");
-    assert!(service.is_finished() == false);
+    assert!(!service.is_finished());
     // Types: from the control record, else the default; in both tables.
     for table in ["customers", "customers_log"] {
         assert_eq!(types_of(&stack, table, &["c_score", "c_price"]).await, vec![Some(ColumnType::Int64), Some(ColumnType::Numeric)]);

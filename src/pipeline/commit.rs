@@ -50,8 +50,8 @@ pub(super) fn commit_ready(consumer: &kafka::Source, progress: &SharedProgress, 
 
 /// Consumer group lag helper for tests and the demo: the committed offset
 /// of every partition of `topic` for the group in `cfg`.
-pub fn committed_offsets(cfg: &Config, topic: &str, partitions: i32) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
-    let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(&cfg.kafka).create()?;
+pub fn committed_offsets(cfg: &Config, topic: &str, partitions: i32) -> Result<Vec<i64>, crate::source::auth::ClientError> {
+    let consumer = crate::source::auth::base_consumer(&cfg.kafka, Default::default())?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

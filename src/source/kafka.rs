@@ -20,13 +20,14 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use std::time::{Duration, Instant};
 
+pub use super::auth::client_config;
+use super::auth::ClientAuth;
 use super::progress::{self, SharedProgress};
 use super::tracker::TopicPartition;
 use crate::config::KafkaConfig;
@@ -36,6 +37,8 @@ use crate::metrics::{Metrics, SharedMetrics};
 pub enum SourceError {
     #[error("cannot create the Kafka consumer: {0}. Check kafka.bootstrap_servers and kafka.properties")]
     Create(rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Auth(#[from] super::msk_iam::MskIamError),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe { topics: Vec<String>, source: rdkafka::error::KafkaError },
 }
@@ -46,10 +49,12 @@ pub enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
-/// Queues rebalance events and logs client errors without their secrets
-/// (librdkafka never puts SASL passwords into its error strings).
+/// Queues rebalance events, logs client errors without their secrets
+/// (librdkafka never puts SASL passwords into its error strings) and makes
+/// MSK IAM tokens when `kafka.auth` asks for them.
 #[derive(Default, Clone)]
 pub struct SourceContext {
+    pub auth: ClientAuth,
     pub events: Arc<Mutex<Vec<RebalanceEvent>>>,
     pub progress: SharedProgress,
     pub revoke_timeout: Duration,
@@ -62,7 +67,7 @@ pub struct SourceContext {
 
 /// Runs the blocking `wait` without stalling the async runtime it may be
 /// called from (a rebalance callback runs inside a tokio task's poll).
-fn wait_outside_the_scheduler<T>(wait: impl FnOnce() -> T) -> T {
+pub(crate) fn wait_outside_the_scheduler<T>(wait: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
@@ -77,6 +82,12 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl ClientContext for SourceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.oauth_token()
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -188,27 +199,6 @@ impl Drop for Consumer {
     }
 }
 
-/// The librdkafka configuration landfall uses, from `[kafka]`.
-pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.bootstrap_servers)
-        .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
-        .set("enable.partition.eof", "false")
-        // librdkafka prefetches up to 64 MB by default; the bridge keeps only
-        // `pipeline.max_inflight_batches` batches in flight anyway, so a
-        // smaller read-ahead bounds memory at no cost in throughput.
-        // `kafka.properties` may override it.
-        .set("queued.max.messages.kbytes", "16384");
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-    c
-}
-
 /// Reads the one message at `offset` of `topic`/`partition` again, without
 /// joining the group or committing anything: for the dead letter of a row
 /// whose message is no longer in memory (re-shipped after a restart; its
@@ -216,9 +206,8 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 /// `None` when it cannot be read within `timeout` (retention removed it, the
 /// broker is unreachable). Blocking: call it off the async runtime.
 pub fn read_one(cfg: &KafkaConfig, topic: &str, partition: i32, offset: i64, timeout: Duration) -> Option<crate::source::message::Msg> {
-    use rdkafka::consumer::BaseConsumer;
     use rdkafka::Message as _;
-    let consumer: BaseConsumer = client_config(cfg).create().ok()?;
+    let consumer = super::auth::base_consumer(cfg, Default::default()).ok()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).ok()?;
     consumer.assign(&tpl).ok()?;
@@ -240,7 +229,8 @@ pub fn subscribe(
     revoke_timeout: Duration,
     metrics: SharedMetrics,
 ) -> Result<(Consumer, SourceContext), SourceError> {
-    let ctx = SourceContext { events: Default::default(), progress, revoke_timeout, metrics, closing: Default::default() };
+    let auth = ClientAuth::new(cfg, metrics.kafka_tokens.clone())?;
+    let ctx = SourceContext { auth, events: Default::default(), progress, revoke_timeout, metrics, closing: Default::default() };
     let mut config = client_config(cfg);
     if !cfg.properties.contains_key("statistics.interval.ms") {
         // Partition high watermarks for the lag in /metrics.

@@ -283,8 +283,11 @@ pub struct Simulator {
     txn_lengths: HashMap<String, usize>,
     /// Columns added at the source ([`Simulator::add_column`]): table index,
     /// name and value generator.
-    added_columns: Vec<(usize, String, fn(&mut StdRng) -> SourceValue)>,
+    added_columns: Vec<(usize, String, ValueGen)>,
 }
+
+/// Makes one source value of a column.
+type ValueGen = fn(&mut StdRng) -> SourceValue;
 
 /// The per-transaction state of [`Simulator::changes`].
 struct Txn {

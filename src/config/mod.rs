@@ -17,6 +17,9 @@ use serde::Deserialize;
 use crate::decode::ident;
 use crate::decode::{BytesEncoding, ColumnType, OrderBy};
 
+mod kafka;
+pub use kafka::{KafkaAuth, KafkaConfig};
+
 /// A configuration error, naming the key that is wrong and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,7 +31,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -50,25 +53,6 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     #[serde(default)]
     pub schema: SchemaConfig,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list (`bootstrap.servers`).
-    pub bootstrap_servers: String,
-    /// Consumer group id. Offsets are committed under this group.
-    pub group_id: String,
-    pub topics: Vec<String>,
-    /// Consumer group session timeout.
-    #[serde(default = "default_session_timeout", with = "humantime_serde")]
-    pub session_timeout: Duration,
-    /// Passed verbatim to librdkafka (TLS, SASL, MSK settings, ...). Values may
-    /// reference environment variables as `${NAME}`. Keys landfall owns
-    /// (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`,
-    /// `bootstrap.servers`) are rejected here.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -406,9 +390,6 @@ fn default_ready_within() -> Duration {
 /// 8 MiB keeps the bridge within 256 MB over a 1M-message backlog.
 pub const DEFAULT_WAL_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-fn default_session_timeout() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_wal_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
@@ -495,10 +476,6 @@ fn default_summary_interval() -> Duration {
     Duration::from_secs(30)
 }
 
-/// librdkafka properties landfall sets itself; configuring them would break
-/// the commit discipline.
-const OWNED_KAFKA_PROPERTIES: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"];
-
 impl Config {
     /// Reads, expands `${VAR}` and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -543,23 +520,7 @@ impl Config {
 
     /// Cross-field checks. Every error names the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "must not be empty"));
-        }
-        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(invalid("kafka.topics", "list at least one non-empty topic"));
-        }
-        for key in self.kafka.properties.keys() {
-            if OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-                return Err(invalid(
-                    format!("kafka.properties.\"{key}\""),
-                    "is set by landfall itself (offsets are committed only after changes land); remove it",
-                ));
-            }
-        }
+        self.kafka.validate()?;
         if self.wal.retention < Duration::from_secs(60) {
             return Err(invalid("wal.retention", "must be at least 1m (it bounds redelivery deduplication)"));
         }
@@ -786,7 +747,7 @@ pub fn is_secret_property(name: &str) -> bool {
     ["password", "secret", "key", "token", "jaas"].iter().any(|s| n.contains(s))
 }
 
-struct Redacted<'a>(&'a BTreeMap<String, String>);
+pub(crate) struct Redacted<'a>(&'a BTreeMap<String, String>);
 
 impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -799,18 +760,6 @@ impl fmt::Debug for Redacted<'_> {
             }
         }
         m.finish()
-    }
-}
-
-impl fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaConfig")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("group_id", &self.group_id)
-            .field("topics", &self.topics)
-            .field("session_timeout", &self.session_timeout)
-            .field("properties", &Redacted(&self.properties))
-            .finish()
     }
 }
 
@@ -840,6 +789,8 @@ group_id = "landfall"
 topics = ["dms"]
 [kafka.properties]
 "security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "landfall"
 "sasl.password" = "${LANDFALL_TEST_SECRET}"
 
 [wal]
