@@ -25,7 +25,7 @@ declare -A WEIGHT=(
     [lib]=7 [bins]=1 [bench_smoke]=95 [drill]=90 [end_to_end]=90 [shutdown]=58 [dead_letters]=55
     [bq_faults]=46 [insert_responses]=39 [kafka_faults]=38 [ddl]=37 [replay]=33 [merge_model]=29
     [revoke_busy_runtime]=27 [merge]=24 [recovery]=23 [wal_faults]=23 [keep_when_missing]=20
-    [tables_import]=22 [schema_evolution]=40 [kafka_auth]=15 [malformed_corpus]=18 [observe]=17 [fuzz_smoke]=12 [merge_window]=10 [memory_bounds]=9 [identity_model]=1
+    [tables_import]=22 [schema_evolution]=40 [kafka_auth]=15 [check]=25 [malformed_corpus]=18 [observe]=17 [fuzz_smoke]=12 [merge_window]=10 [memory_bounds]=9 [identity_model]=1
 )
 if [[ -f "$TIMES" ]]; then
     while read -r name secs; do [[ -n "$name" && -n "$secs" ]] && WEIGHT[$name]=$secs; done < "$TIMES"

@@ -37,6 +37,7 @@
 //! guards one of its invariants says so in its own docs.
 
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

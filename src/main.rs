@@ -96,6 +96,16 @@ enum Command {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
         config: PathBuf,
     },
+    /// Connect to Kafka and BigQuery and print a checklist of what works
+    /// (DNS, TCP, TLS, authentication, topics, group; credentials, dataset,
+    /// tables, permissions). Changes nothing. Exits 1 if any line fails.
+    Check {
+        #[arg(long, short, env = "LANDFALL_CONFIG")]
+        config: PathBuf,
+        /// Print one JSON object instead of the checklist.
+        #[arg(long)]
+        json: bool,
+    },
     /// Merge log tables into final tables now.
     Merge {
         #[arg(long, short, env = "LANDFALL_CONFIG")]
@@ -249,6 +259,15 @@ async fn main_result(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config)?;
             println!("{}: valid ({} table(s), topics {:?})", config.display(), cfg.tables.len(), cfg.kafka.topics);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, json } => {
+            let report = landfall::check::run(&Config::load(&config)?).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(status(report.ok))
         }
         Command::Run { config } => {
             // Whatever the service creates (the WAL's files, sled's later
@@ -409,7 +428,15 @@ async fn main() -> ExitCode {
         Command::Drill { .. } => true,
         _ => false,
     };
-    let default = if quiet { "warn" } else { "info,librdkafka=warn,rdkafka=warn" };
+    let default = if matches!(cli.command, Command::Check { .. }) {
+        // The checklist says what failed; librdkafka's retries would only
+        // repeat it.
+        "error,librdkafka=off,rdkafka=off"
+    } else if quiet {
+        "warn"
+    } else {
+        "info,librdkafka=warn,rdkafka=warn"
+    };
     init_logging(cli.log_json, default);
     match main_result(cli).await {
         Ok(code) => code,

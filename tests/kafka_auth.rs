@@ -221,3 +221,25 @@ fn the_mock_cluster_speaks_neither_tls_nor_sasl() {
     );
     assert!(matches!(cfg.auth, KafkaAuth::AwsMskIam { .. }));
 }
+
+/// `landfall check` with MSK IAM: the AWS credentials get a line of their
+/// own, before any broker is asked.
+#[test]
+fn check_reports_the_aws_credentials_behind_msk_iam() {
+    aws_env();
+    let kafka = landfall::harness::demo::LocalKafka::start("auth.check", 1).unwrap();
+    let verdict = |profile: &str| {
+        let lines = landfall::check::kafka::check(&msk_iam_config(&kafka.bootstrap_servers(), profile));
+        let l = lines.iter().find(|l| l.check == "AWS credentials (MSK IAM)").unwrap_or_else(|| panic!("{lines:#?}")).clone();
+        let tls = lines.iter().find(|l| l.check == "TLS handshake").unwrap().clone();
+        (l, tls)
+    };
+    let (creds, tls) = verdict("static");
+    assert_eq!(creds.verdict, landfall::check::Verdict::Pass, "{creds:?}");
+    assert!(creds.detail.contains("eu-west-1"), "{creds:?}");
+    // The mock cluster has no TLS listener: the TLS line says so.
+    assert_eq!(tls.verdict, landfall::check::Verdict::Fail, "{tls:?}");
+    let (creds, _) = verdict("nowhere");
+    assert_eq!(creds.verdict, landfall::check::Verdict::Fail, "{creds:?}");
+    assert!(creds.detail.contains("no AWS credentials"), "{creds:?}");
+}

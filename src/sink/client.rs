@@ -221,14 +221,22 @@ impl Authenticator for NoAuth {
     }
 }
 
+/// `s` percent-encoded for a URL path (identifiers are validated, but a
+/// domain-scoped project has a `:`).
+pub(super) fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"*-._".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 /// The BigQuery side of landfall: a client plus where things live.
 #[derive(Clone)]
 pub struct BigQuery {
     pub client: Arc<Client>,
     /// The HTTP client, authenticator and base URL `client` uses, for insertAll.
-    http: reqwest::Client,
-    auth: Arc<dyn Authenticator>,
-    base_url: String,
+    pub(super) http: reqwest::Client,
+    pub(super) auth: Arc<dyn Authenticator>,
+    pub(super) base_url: String,
     pub project: String,
     pub dataset: String,
     pub location: String,
@@ -299,11 +307,7 @@ impl BigQuery {
     /// `insert_all_gzipped` does, keeping the status and the start of the
     /// body of an answer that is not BigQuery's JSON.
     pub async fn insert_all_gzipped(&self, table: &str, gzipped: Vec<u8>) -> Result<TableDataInsertAllResponse, InsertAllError> {
-        let enc = |s: &str| -> String {
-            s.bytes()
-                .map(|b| if b.is_ascii_alphanumeric() || b"*-._".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-                .collect()
-        };
+        let enc = path_segment;
         let url =
             format!("{}/projects/{}/datasets/{}/tables/{}/insertAll", self.base_url, enc(&self.project), enc(&self.dataset), enc(table));
         let token = self.auth.access_token().await?;

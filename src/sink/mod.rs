@@ -2,9 +2,11 @@
 //! classification ([`client`]), and shipping rows with insertAll, split as
 //! request building ([`request`]), answer reading ([`response`]) and the
 //! sink that drives them with retries and backoff ([`insert`]).
+//! [`access`] asks BigQuery what landfall may do (`landfall check`).
 //! [`discard`] drops rows instead (`[sink] kind = "discard"`), to measure the
 //! bridge without an endpoint.
 
+pub mod access;
 pub mod client;
 pub mod discard;
 pub mod insert;

@@ -10,7 +10,7 @@
 //! [`base_consumer`] polls once before returning, so a client used only for
 //! metadata or offsets (which never polls) has its token before it connects.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::OAuthToken;
@@ -21,26 +21,49 @@ use rdkafka::ClientContext;
 use super::msk_iam::{MskIam, MskIamError, TokenStats};
 use crate::config::{KafkaAuth, KafkaConfig};
 
-/// The token source of one client (none unless `kafka.auth` needs one).
+/// The token source of one client (none unless `kafka.auth` needs one),
+/// and the client's latest errors (for `landfall check`, which tells a TLS
+/// failure from an authentication failure by them).
 #[derive(Clone, Default)]
-pub struct ClientAuth(Option<Arc<MskIam>>);
+pub struct ClientAuth {
+    iam: Option<Arc<MskIam>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+/// Errors a client keeps (the latest).
+const KEPT_ERRORS: usize = 16;
 
 impl ClientAuth {
     /// For `cfg`; `stats` counts the tokens (the service's go to `/metrics`).
     pub fn new(cfg: &KafkaConfig, stats: Arc<TokenStats>) -> Result<ClientAuth, MskIamError> {
-        Ok(match &cfg.auth {
-            KafkaAuth::Properties => ClientAuth(None),
-            KafkaAuth::AwsMskIam { region, profile } => ClientAuth(Some(Arc::new(MskIam::new(region, profile.as_deref(), stats)?))),
-        })
+        let iam = match &cfg.auth {
+            KafkaAuth::Properties => None,
+            KafkaAuth::AwsMskIam { region, profile } => Some(Arc::new(MskIam::new(region, profile.as_deref(), stats)?)),
+        };
+        Ok(ClientAuth { iam, errors: Default::default() })
     }
 
     pub fn msk_iam(&self) -> Option<&MskIam> {
-        self.0.as_deref()
+        self.iam.as_deref()
+    }
+
+    /// The client's latest errors, oldest first (librdkafka's texts: they
+    /// name brokers and reasons, never passwords).
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_error(&self, error: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() == KEPT_ERRORS {
+            errors.remove(0);
+        }
+        errors.push(error);
     }
 
     /// librdkafka's token refresh callback.
     pub fn oauth_token(&self) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        match &self.0 {
+        match &self.iam {
             Some(iam) => iam.oauth_token(),
             None => Err("SASL/OAUTHBEARER needs kafka.auth = { method = \"aws-msk-iam\" }".into()),
         }
@@ -52,6 +75,7 @@ impl ClientContext for ClientAuth {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
+        self.record_error(format!("{error}: {reason}"));
     }
 
     fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
