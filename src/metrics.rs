@@ -91,6 +91,8 @@ pub struct Metrics {
     /// what was still in flight.
     pub revokes: AtomicU64,
     pub revokes_timed_out: AtomicU64,
+    /// The adaptive insertAll concurrency limit (src/sink/concurrency.rs).
+    pub concurrency_limit: AtomicU64,
     /// MSK IAM tokens made for the group consumer, and refreshes that failed.
     pub kafka_tokens: Arc<TokenStats>,
     /// Offset commits issued.

@@ -372,6 +372,12 @@ impl Collector for Observed {
         counter(e, "landfall_offset_commits", "Kafka offset commits issued.", g(&m.commits))?;
         counter(e, "landfall_merge_statement_failures", "Failed MERGE statement attempts (retried).", g(&m.merge_failures))?;
         counter(e, "landfall_merges_paused", "Merges skipped because the source table was dropped.", g(&m.merges_paused))?;
+        gauge(
+            e,
+            "landfall_insert_all_concurrency_limit",
+            "insertAll requests allowed in flight now (adaptive: follows latency and backpressure).",
+            g(&m.concurrency_limit) as f64,
+        )?;
         gauge(e, "landfall_inflight_bytes", "Message bytes read and not yet landed.", g(&m.inflight_bytes) as f64)?;
         gauge(e, "landfall_inflight_bytes_max", "High-water mark of landfall_inflight_bytes.", g(&m.inflight_bytes_max) as f64)?;
         gauge(e, "landfall_wal_pending_rows", "Rows pending in the WAL (written, not yet landed).", self.wal.pending_count() as f64)?;

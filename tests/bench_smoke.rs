@@ -32,6 +32,10 @@ fn bench_quick_reports_every_figure() {
         "emulator_raw_rows_per_s",
         "ratio_discard_vs_raw",
         "ratio_bigquery_vs_emulator_raw",
+        "blackhole_msgs_per_s",
+        "blackhole_latency_msgs_per_s",
+        "ratio_http_vs_discard",
+        "ratio_latency_vs_no_latency",
         "latency_p50_ms",
         "latency_p99_ms",
         "peak_rss_mb",
@@ -56,4 +60,7 @@ fn bench_quick_reports_every_figure() {
     // The ratios are what they say.
     let ratio = num("discard_msgs_per_s") / num("raw_consume_msgs_per_s");
     assert!((num("ratio_discard_vs_raw") - ratio).abs() < 1e-9 * ratio.max(1.0), "{r}");
+    let ratio = num("blackhole_latency_msgs_per_s") / num("blackhole_msgs_per_s");
+    assert!((num("ratio_latency_vs_no_latency") - ratio).abs() < 1e-9 * ratio.max(1.0), "{r}");
+    assert_eq!((num("blackhole_messages"), num("blackhole_latency_ms")), (10_000.0, 150.0), "{r}");
 }

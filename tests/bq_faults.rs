@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use landfall::harness::demo::run_until_caught_up;
-use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::proxy::{Fault, FaultProxy, Target};
 use landfall::harness::sim::Simulator;
 use landfall::merge::Merger;
 use landfall::metrics::Metrics;

@@ -58,7 +58,7 @@ async fn ten_thousand_changes_with_duplicates_and_a_restart_land_exactly_once() 
 /// final tables must equal the source (0 missing, 0 extra, 0 differing) and
 /// the dead-letter table must hold exactly the bad messages.
 async fn oracle_run(name: &str, seed: u64, opts: landfall::harness::sim::SimOptions, no_insert_id_dedup: bool) {
-    use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+    use landfall::harness::proxy::{Fault, FaultProxy, Target};
     let opts = landfall::harness::sim::SimOptions { dead_letters: true, every_type: true, ..opts };
     let tables = landfall::harness::sim::tables_for(&opts);
     let proxy = if no_insert_id_dedup {

@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use landfall::harness::drill::proxy::{Fault, FaultProxy, ProxyStats, Target};
+use landfall::harness::proxy::{Fault, FaultProxy, ProxyStats, Target};
 use landfall::key::DedupKey;
 use landfall::metrics::Metrics;
 use landfall::sink::insert::{BigQuerySink, LogRow, RowOutcome, Sink};

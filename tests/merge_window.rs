@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use landfall::decode::row::{build, Coords};
 use landfall::decode::{dms, Decoded};
-use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::proxy::{Fault, FaultProxy, Target};
 use landfall::metrics::Metrics;
 use landfall::sink::{BigQuerySink, RowOutcome, Sink};
 

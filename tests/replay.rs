@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use landfall::harness::demo::{run_until_caught_up, wait_caught_up};
-use landfall::harness::drill::proxy::FaultProxy;
+use landfall::harness::proxy::FaultProxy;
 use landfall::harness::sim::Simulator;
 use landfall::service::Service;
 use landfall::wal::Wal;

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use landfall::harness::demo::wait_caught_up;
-use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::proxy::{Fault, FaultProxy, Target};
 use landfall::harness::sim::Simulator;
 use landfall::metrics::Metrics;
 use landfall::service::Service;

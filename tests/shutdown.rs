@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use landfall::harness::demo::{run_until_caught_up, wait_caught_up};
-use landfall::harness::drill::proxy::{Fault, FaultProxy, Target};
+use landfall::harness::proxy::{Fault, FaultProxy, Target};
 use landfall::harness::sim::Simulator;
 use landfall::pipeline::Stopped;
 use landfall::service::{Service, STOP_GRACE};

@@ -14,8 +14,11 @@
 //! * [`mock_kafka`]: librdkafka's mock cluster in its own process, so that a
 //!   bridge can be killed without taking the broker with it.
 //! * [`bench`]: `landfall bench`, the benchmark (docs/performance.md).
-//! * [`drill`]: `landfall drill`, kill -9 crash drills, and the BigQuery
-//!   fault proxy (feature `drill`, which also arms the failpoints).
+//! * [`drill`]: `landfall drill`, kill -9 crash drills (feature `drill`,
+//!   which also arms the failpoints).
+//! * [`proxy`]: the BigQuery fault proxy the fault-injection tests put in
+//!   front of the emulator; as a blackhole for insertAll, the benchmark's
+//!   HTTP path and latency phases.
 
 pub mod bench;
 pub mod demo;
@@ -23,4 +26,5 @@ pub mod demo;
 pub mod drill;
 pub mod emulator;
 pub mod mock_kafka;
+pub mod proxy;
 pub mod sim;

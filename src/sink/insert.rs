@@ -13,9 +13,12 @@
 //! Requests hold at most `max_rows_per_request` rows and `max_request_bytes`
 //! bytes (of plain JSON); the insertId of every row is its dedup key. Bodies
 //! are gzipped (`Content-Encoding: gzip`), serialized straight from the rows.
-//! Memory: every request of a [`Sink::ship`] call builds its body before it
-//! waits for one of the `max_inflight_requests` permits, so the bodies alive at
-//! once are at most one gzipped copy of the rows being shipped (a retry
+//! How many requests are in flight at once is [`super::concurrency`]'s
+//! adaptive limit (at most `max_inflight_requests`): it follows latency and
+//! backpressure; nothing about ordering or acknowledgement depends on it.
+//! Memory: every request of a [`Sink::ship`] call builds its body after it
+//! took its permit, so the bodies alive at once are at most one gzipped copy
+//! of the rows being shipped (a retry
 //! rebuilds its body after the previous one is dropped); the rows themselves
 //! are bounded by `pipeline.max_inflight_bytes` (`src/pipeline/run.rs`). A request BigQuery
 //! refuses as a whole (HTTP 400, HTTP 413, or any other 4xx answered with a
@@ -40,14 +43,14 @@
 //! streaming path can take minutes to see new columns. After the wait the
 //! refusal stands and the row is dead-lettered.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use super::client::{classify_insert_all, BigQuery, Failure};
+use super::client::{classify_insert_all, BigQuery, Failure, InsertAllError};
+use super::concurrency::{Concurrency, Outcome};
 use super::request::{gzip_body, plan_requests};
 use super::response::{interpret, Answer, RowAnswer};
 use super::schema::SchemaError;
@@ -106,10 +109,23 @@ impl From<&BigQueryConfig> for ShipPolicy {
     }
 }
 
+/// What an insertAll's result says to the concurrency limit: an answer,
+/// backpressure (429, 5xx, timeouts, connection errors: transient failures),
+/// or neither (a refused request).
+fn outcome_of<T>(result: &Result<T, InsertAllError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Answered,
+        Err(e) => match classify_insert_all(e) {
+            Failure::Transient(_) => Outcome::Backpressure,
+            Failure::Invalid(_) => Outcome::Neutral,
+        },
+    }
+}
+
 pub struct BigQuerySink {
     bq: BigQuery,
     policy: ShipPolicy,
-    permits: Arc<Semaphore>,
+    concurrency: Concurrency,
     shutdown: watch::Receiver<bool>,
     metrics: SharedMetrics,
     /// For a log table schema evolution finds missing.
@@ -121,7 +137,7 @@ impl BigQuerySink {
         BigQuerySink {
             bq,
             policy: ShipPolicy::from(cfg),
-            permits: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
+            concurrency: Concurrency::new(cfg.max_inflight_requests, cfg.adaptive_concurrency),
             shutdown,
             metrics,
             log_partition_expiration: cfg.log_partition_expiration,
@@ -158,8 +174,12 @@ impl BigQuerySink {
                 // to go, never before a wait for a permit, so a row is visible
                 // within one request timeout of its stamp however long requests
                 // queued. The body is built under the permit too, so at most
-                // `max_inflight_requests` bodies are in memory.
-                let _permit = self.permits.acquire().await.map_err(|_| SinkError::Shutdown)?;
+                // the limit's bodies are in memory.
+                let permit = tokio::select! {
+                    p = self.concurrency.acquire() => p,
+                    _ = signalled(self.shutdown.clone()) => return Err(SinkError::Shutdown),
+                };
+                self.metrics.concurrency_limit.store(self.concurrency.limit() as u64, std::sync::atomic::Ordering::Relaxed);
                 let now = format_timestamp_micros(crate::wal::now_ms() as i64 * 1000);
                 let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
                     // Writing into memory cannot fail; treat it as shutdown rather than guess.
@@ -179,6 +199,8 @@ impl BigQuerySink {
                 if result.is_err() {
                     Metrics::add(&self.metrics.request_failures, 1);
                 }
+                permit.done(outcome_of(&result));
+                self.metrics.concurrency_limit.store(self.concurrency.limit() as u64, std::sync::atomic::Ordering::Relaxed);
                 (result, size)
             };
             match result {

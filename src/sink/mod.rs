@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod client;
+pub mod concurrency;
 pub mod discard;
 pub mod insert;
 pub mod request;

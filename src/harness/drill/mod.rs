@@ -9,11 +9,6 @@
 //! killed so the other takes over; finally a bridge catches up and is stopped
 //! with SIGTERM (it must exit 0). Then the tables are merged and compared with
 //! the model row for row. The seed replays a run exactly.
-//!
-//! [`proxy`] is the BigQuery fault proxy the fault-injection tests put in
-//! front of the emulator.
-
-pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

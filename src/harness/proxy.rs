@@ -25,6 +25,11 @@
 //!   "Request Entity Too Large", an HTML 400 or 502), without forwarding.
 //!
 //! [`FaultProxy::set_strip_insert_ids`] models an endpoint that never dedups by insertId.
+//! [`FaultProxy::set_blackhole`] turns it into a blackhole for insertAll: each request is
+//! read whole and answered success (every row accepted, none stored) after a fixed delay,
+//! before any fault or inspection, while every other call still goes to the emulator. The
+//! benchmark measures the bridge's HTTP path and its tolerance of latency with it
+//! (docs/performance.md); no test of landing uses it (rows are dropped).
 //! Request bodies are inspected as JSON: a gzip-encoded body (landfall gzips insertAll) is
 //! decompressed and forwarded as plain JSON; a non-JSON body is forwarded untouched (it
 //! never matches [`Target::Merge`] and is never stripped).
@@ -123,6 +128,9 @@ pub struct ProxyStats {
     pub faults_injected: u64,
     /// Rows whose insertId was removed before forwarding.
     pub insert_ids_stripped: u64,
+    /// insertAll requests the blackhole answered, and their body bytes (as sent).
+    pub blackholed_requests: u64,
+    pub blackholed_bytes: u64,
 }
 
 struct Kind {
@@ -137,6 +145,10 @@ struct Inner {
     queue: Mutex<VecDeque<Fault>>,
     persistent: Mutex<Option<Fault>>,
     strip_insert_ids: AtomicBool,
+    /// Answer insertAll without forwarding, after this delay (`None`: off).
+    blackhole: Mutex<Option<Duration>>,
+    blackholed_requests: AtomicU64,
+    blackholed_bytes: AtomicU64,
     requests: AtomicU64,
     insert_all_requests: AtomicU64,
     query_requests: AtomicU64,
@@ -164,6 +176,9 @@ impl FaultProxy {
             queue: Mutex::new(VecDeque::new()),
             persistent: Mutex::new(None),
             strip_insert_ids: AtomicBool::new(false),
+            blackhole: Mutex::new(None),
+            blackholed_requests: AtomicU64::new(0),
+            blackholed_bytes: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             insert_all_requests: AtomicU64::new(0),
             query_requests: AtomicU64::new(0),
@@ -222,6 +237,12 @@ impl FaultProxy {
         self.inner.strip_insert_ids.store(on, Relaxed);
     }
 
+    /// `Some(delay)`: every insertAll is answered success after `delay`
+    /// without reaching the emulator (rows are dropped); `None`: off.
+    pub fn set_blackhole(&self, delay: Option<Duration>) {
+        *lock(&self.inner.blackhole) = delay;
+    }
+
     pub fn stats(&self) -> ProxyStats {
         let i = &self.inner;
         ProxyStats {
@@ -230,6 +251,8 @@ impl FaultProxy {
             query_requests: i.query_requests.load(Relaxed),
             faults_injected: i.faults_injected.load(Relaxed),
             insert_ids_stripped: i.insert_ids_stripped.load(Relaxed),
+            blackholed_requests: i.blackholed_requests.load(Relaxed),
+            blackholed_bytes: i.blackholed_bytes.load(Relaxed),
         }
     }
 }
@@ -247,6 +270,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let (mut parts, body) = req.into_parts();
     let mut body = body.collect().await?.to_bytes();
+    let blackhole = *lock(&inner.blackhole);
+    if let Some(delay) = blackhole.filter(|_| parts.method == hyper::Method::POST && parts.uri.path().ends_with("/insertAll")) {
+        inner.blackholed_requests.fetch_add(1, Relaxed);
+        inner.blackholed_bytes.fetch_add(body.len() as u64, Relaxed);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(json_response(StatusCode::OK, &json!({"kind": "bigquery#tableDataInsertAllResponse"})));
+    }
     let gzipped = parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     if gzipped {
         let mut plain = Vec::new();
@@ -480,6 +512,28 @@ mod tests {
         let resp = c.post(url).json(body).send().await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await?))
+    }
+
+    #[tokio::test]
+    async fn the_blackhole_answers_insert_all_itself_after_its_delay_and_forwards_the_rest() {
+        let (proxy, seen, origin, c) = setup().await;
+        proxy.set_blackhole(Some(Duration::from_millis(150)));
+        let started = std::time::Instant::now();
+        let (code, body) = post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
+        assert_eq!((code, body["kind"].as_str()), (200, Some("bigquery#tableDataInsertAllResponse")));
+        assert!(body.get("insertErrors").is_none(), "{body}");
+        assert!(started.elapsed() >= Duration::from_millis(150), "answered before the delay");
+        assert!(seen.lock().unwrap().is_empty(), "the blackhole forwarded an insertAll");
+        // Everything else still reaches the upstream.
+        let (code, _) = post(&c, format!("{origin}/bigquery/v2/projects/p/queries"), &json!({"query": "SELECT 1"})).await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        let stats = proxy.stats();
+        assert_eq!(stats.blackholed_requests, 1);
+        assert_eq!(stats.blackholed_bytes, serde_json::to_vec(&rows3()).unwrap().len() as u64);
+        proxy.set_blackhole(None);
+        post(&c, format!("{origin}{INSERT}"), &rows3()).await.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2, "off again: forwarded");
     }
 
     #[tokio::test]
