@@ -11,32 +11,32 @@
 //! 2. (a) a plain group consumer reads the backlog and drops it;
 //! 3. (b) `landfall run` with the `discard` sink works through the backlog;
 //!    its peak RSS and WAL size are read;
-//! 3b. (e) `landfall run` into a blackhole insertAll endpoint (the fault
+//! 4. (e) `landfall run` into a blackhole insertAll endpoint (the fault
 //!    proxy answering every insertAll with success at once, rows dropped;
 //!    dataset and table calls go to the emulator) works through the first
 //!    `blackhole_messages` of the backlog: the bridge with its HTTP path,
 //!    gzip and insertAll answers, against (b); then (f) the same with
 //!    `blackhole_latency_ms` (150 ms) before each answer, as BigQuery across
 //!    clouds: how much of the latency the bridge hides;
-//! 4. (c) `landfall run` into the emulator reads `bench.bq`;
-//! 5. (d) a minimal insertAll client sends the same rows, same request size
+//! 5. (c) `landfall run` into the emulator reads `bench.bq`;
+//! 6. (d) a minimal insertAll client sends the same rows, same request size
 //!    and concurrency, into a fresh dataset;
-//! 6. latency: a steady stream at `latency_rate` per second for
+//! 7. latency: a steady stream at `latency_rate` per second for
 //!    `latency_seconds` through the bridge into the emulator; the bridge
 //!    reports produce-to-landed percentiles;
-//! 7. recovery: the WAL state a kill -9 after the pending flush leaves
+//! 8. recovery: the WAL state a kill -9 after the pending flush leaves
 //!    (`recovery_pending` records, the same ones the bridge would write) is
 //!    built, and the time from starting the bridge to its first commit is taken;
-//! 8. MERGE: an incremental merge of the same new changes over a log with 1x
+//! 9. MERGE: an incremental merge of the same new changes over a log with 1x
 //!    and with 10x history;
-//! 9. burst: `burst_messages` DMS inserts of ~5 MB each (one large text
-//!    column), all produced before the bridge starts, then `landfall run`
-//!    with the `discard` sink and the default byte bounds works through them;
-//!    its peak RSS is read and set against `pipeline.max_inflight_bytes`. The
-//!    mock broker keeps ~5 MiB per partition (and a message over half of that
-//!    makes the one before it unreadable), so each message has a partition of
-//!    its own; the high watermarks are checked. `--only-burst` runs just this
-//!    phase.
+//! 10. burst: `burst_messages` DMS inserts of ~5 MB each (one large text
+//!     column), all produced before the bridge starts, then `landfall run`
+//!     with the `discard` sink and the default byte bounds works through them;
+//!     its peak RSS is read and set against `pipeline.max_inflight_bytes`. The
+//!     mock broker keeps ~5 MiB per partition (and a message over half of that
+//!     makes the one before it unreadable), so each message has a partition of
+//!     its own; the high watermarks are checked. `--only-burst` runs just this
+//!     phase.
 //!
 //! The bridge runs as a child process (`landfall run`), the broker as another
 //! (`landfall mock-kafka`), so the figures are the bridge's own.
