@@ -44,7 +44,6 @@
 //! * `meta:setting:` + name -> a setting the tables depend on (each table's
 //!   `order_by`), pinned on first use
 
-pub mod filter;
 pub mod private;
 pub mod record;
 
@@ -107,9 +106,6 @@ pub struct Wal {
     /// commits and prunes. A key resolved again counts again until its
     /// older mark is pruned.
     resolved_held: Arc<std::sync::atomic::AtomicU64>,
-    /// The keys with a mark (`c`), as a Bloom filter: a key it does not hold
-    /// is absent without a sled lookup ([`filter`]: no false negatives).
-    filter: Arc<std::sync::RwLock<filter::Filter>>,
     /// Commits still to fail with an injected I/O error (drills and tests).
     #[cfg(feature = "drill")]
     injected_io_errors: std::sync::Arc<std::sync::atomic::AtomicU32>,
@@ -314,35 +310,13 @@ impl Wal {
             tree,
             open: Default::default(),
             resolved_held: Default::default(),
-            filter: Arc::new(std::sync::RwLock::new(filter::Filter::with_capacity(0))),
             #[cfg(feature = "drill")]
             injected_io_errors: Default::default(),
         };
         wal.rebuild_open_batches()?;
         wal.count_resolved()?;
-        wal.rebuild_filter()?;
         wal.upgrade_dead_letters()?;
         Ok(wal)
-    }
-
-    /// Builds the membership filter from the marks (`c`), sized for twice
-    /// the keys held, and puts it in place. Callers hold the commit lock (or
-    /// run before any commit), so no mark is applied meanwhile.
-    fn rebuild_filter(&self) -> Result<(), WalError> {
-        let mut f = filter::Filter::with_capacity(2 * self.resolved_count());
-        for item in self.tree.scan_prefix([b'c']) {
-            let (k, _) = item?;
-            if let Ok(key) = <[u8; 32]>::try_from(&k[1..]) {
-                f.insert(&DedupKey(key));
-            }
-        }
-        *self.filter.write().unwrap_or_else(|e| e.into_inner()) = f;
-        Ok(())
-    }
-
-    /// Heap bytes of the membership filter.
-    pub fn filter_bytes(&self) -> usize {
-        self.filter.read().unwrap_or_else(|e| e.into_inner()).bytes()
     }
 
     /// Counts the resolution marks of the prune index (32 bytes per key).
@@ -448,9 +422,6 @@ impl Wal {
         if self.open.lock().unwrap_or_else(|e| e.into_inner()).key_batch.contains_key(key) {
             return Ok(KeyState::Pending);
         }
-        if !self.filter.read().unwrap_or_else(|e| e.into_inner()).may_contain(key) {
-            return Ok(KeyState::Absent);
-        }
         Ok(match self.record(key)? {
             None => KeyState::Absent,
             Some(_) => KeyState::Resolved,
@@ -530,13 +501,6 @@ impl Wal {
         // Resolutions first: a key both resolved and pended in one batch ends pending.
         let mut by_time: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
         let seq = if resolved.is_empty() { 0 } else { self.db.generate_id()? };
-        // Into the filter before the marks are applied: never a false negative.
-        if !resolved.is_empty() {
-            let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
-            for (key, _, _) in resolved {
-                filter.insert(key);
-            }
-        }
         for &(ref key, rejected, at_ms) in resolved {
             let rec = if rejected { Record::Rejected { at_ms, seq } } else { Record::Landed { at_ms, seq } };
             writes.insert(&ckey(b'c', key)[..], encode(&|| format!("mark of {key}"), record::encode(&rec))?);
@@ -675,11 +639,6 @@ impl Wal {
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        if self.filter.read().unwrap_or_else(|e| e.into_inner()).wants_rebuild() {
-            // Commits wait meanwhile (state() keeps using the old filter).
-            let _commits = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            self.rebuild_filter()?;
-        }
         Ok(n)
     }
 
@@ -857,34 +816,6 @@ mod tests {
     }
 
     #[test]
-    fn an_outgrown_filter_is_rebuilt_by_prune_and_never_loses_a_held_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
-        *wal.filter.write().unwrap() = filter::Filter::exactly(8);
-        // 20 keys resolved at two times: more than the filter was sized for.
-        for n in 0..20u8 {
-            let mut b = WalBatch::default();
-            b.landed(&key(n), if n < 10 { 1000 } else { 5000 });
-            wal.flush(b).unwrap();
-        }
-        assert!(wal.filter.read().unwrap().wants_rebuild());
-        assert_eq!(wal.prune(2000).unwrap(), 10);
-        let f = wal.filter.read().unwrap();
-        assert!(!f.wants_rebuild(), "prune did not rebuild the outgrown filter");
-        assert!((10..20).all(|n| f.may_contain(&key(n))), "a held key is missing from the rebuilt filter");
-        drop(f);
-        for n in 0..20u8 {
-            let want = if n < 10 { KeyState::Absent } else { KeyState::Resolved };
-            assert_eq!(wal.state(&key(n)).unwrap(), want, "key {n}");
-        }
-        // And on reopen, from the marks.
-        drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
-        assert!((10..20).all(|n| wal.filter.read().unwrap().may_contain(&key(n))));
-        assert_eq!(wal.state(&key(15)).unwrap(), KeyState::Resolved);
-    }
-
-    #[test]
     fn incompatible_layout_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -901,7 +832,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
         wal.tree.insert(ckey(b'c', &key(4)), &[1u8, 0xff, 0xff][..]).unwrap();
-        wal.filter.write().unwrap().insert(&key(4));
         let err = wal.state(&key(4)).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
     }
