@@ -1,6 +1,12 @@
 //! The `landfall` command line: a thin layer over the library, one library
 //! call per subcommand; the reports print themselves.
 
+/// jemalloc, as Vector and TiKV use: the bridge allocates and frees a few
+/// buffers per change, and glibc's malloc spent about a third of the CPU on
+/// them (docs/performance.md, "Profile").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
