@@ -41,6 +41,18 @@ fn find<'a>(lines: &'a [(String, String, String)], name: &str) -> &'a (String, S
     lines.iter().find(|l| l.0 == name).unwrap_or_else(|| panic!("no line {name:?} in {lines:#?}"))
 }
 
+/// The demo config for the local broker and emulator, a dataset and a WAL in `dir`.
+fn local_config(kafka: &LocalKafka, dir: &Path, dataset: &str) -> String {
+    demo_config_toml(
+        &kafka.bootstrap_servers(),
+        &support::endpoint(),
+        &support::project(),
+        dataset,
+        &dir.join("wal"),
+        &landfall::harness::sim::tables(),
+    )
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -51,15 +63,7 @@ async fn check_passes_against_the_local_broker_and_emulator() {
     let kafka = LocalKafka::start("check.ok", 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dataset = support::unique_dataset("check_ok");
-    let text = demo_config_toml(
-        &kafka.bootstrap_servers(),
-        &support::endpoint(),
-        &support::project(),
-        &dataset,
-        &dir.path().join("wal"),
-        &landfall::harness::sim::tables(),
-    )
-    .replace("\"dms.sales\"", "\"check.ok\"");
+    let text = local_config(&kafka, dir.path(), &dataset).replace("\"dms.sales\"", "\"check.ok\"");
     let config = write_config(dir.path(), &text);
 
     // Before the first start: the dataset is missing, which is a warning
@@ -146,15 +150,8 @@ async fn check_fails_and_says_where_when_nothing_answers() {
 async fn a_missing_topic_fails_its_line_only() {
     let kafka = LocalKafka::start("check.present", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let text = demo_config_toml(
-        &kafka.bootstrap_servers(),
-        &support::endpoint(),
-        &support::project(),
-        &support::unique_dataset("check_topic"),
-        &dir.path().join("wal"),
-        &landfall::harness::sim::tables(),
-    )
-    .replace("topics = [\"dms.sales\"]", "topics = [\"check.present\", \"check.absent\"]");
+    let text = local_config(&kafka, dir.path(), &support::unique_dataset("check_topic"))
+        .replace("topics = [\"dms.sales\"]", "topics = [\"check.present\", \"check.absent\"]");
     let config = write_config(dir.path(), &text);
     let (code, _, lines) = check(&config);
     assert_eq!(code, 1, "{lines:#?}");
@@ -172,15 +169,7 @@ async fn a_missing_topic_fails_its_line_only() {
 async fn tls_and_sasl_failures_land_on_their_own_lines() {
     let kafka = LocalKafka::start("check.tls", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let base = demo_config_toml(
-        &kafka.bootstrap_servers(),
-        &support::endpoint(),
-        &support::project(),
-        &support::unique_dataset("check_tls"),
-        &dir.path().join("wal"),
-        &landfall::harness::sim::tables(),
-    )
-    .replace("\"dms.sales\"", "\"check.tls\"");
+    let base = local_config(&kafka, dir.path(), &support::unique_dataset("check_tls")).replace("\"dms.sales\"", "\"check.tls\"");
     let with = |protocol: &str| {
         base.replace(
             "[wal]",

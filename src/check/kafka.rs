@@ -91,14 +91,17 @@ pub fn check(cfg: &KafkaConfig) -> Vec<Line> {
             Err(e) => lines.push(line("AWS credentials (MSK IAM)", Verdict::Fail, e)),
         }
     }
-    let not_reached = |lines: &mut Vec<Line>, why: &str| {
-        for check in ["TLS handshake", "authentication", "brokers answer"] {
-            lines.push(line(check, Verdict::Skip, why));
-        }
+    let skip_topics_and_group = |lines: &mut Vec<Line>, why: &str| {
         for t in &cfg.topics {
             lines.push(line(format!("topic {t}"), Verdict::Skip, why));
         }
         lines.push(line(format!("group {}", cfg.group_id), Verdict::Skip, why));
+    };
+    let not_reached = |lines: &mut Vec<Line>, why: &str| {
+        for check in ["TLS handshake", "authentication", "brokers answer"] {
+            lines.push(line(check, Verdict::Skip, why));
+        }
+        skip_topics_and_group(lines, why);
     };
     if !reached {
         not_reached(&mut lines, "not reached (no bootstrap address answered)");
@@ -143,10 +146,7 @@ pub fn check(cfg: &KafkaConfig) -> Vec<Line> {
         Ok(m) => m,
         Err(_) => {
             lines.push(line("brokers answer", Verdict::Fail, other_error()));
-            for t in &cfg.topics {
-                lines.push(line(format!("topic {t}"), Verdict::Skip, "not reached"));
-            }
-            lines.push(line(format!("group {}", cfg.group_id), Verdict::Skip, "not reached"));
+            skip_topics_and_group(&mut lines, "not reached");
             return lines;
         }
     };

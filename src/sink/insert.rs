@@ -134,10 +134,13 @@ pub struct BigQuerySink {
 
 impl BigQuerySink {
     pub fn new(bq: BigQuery, cfg: &BigQueryConfig, shutdown: watch::Receiver<bool>, metrics: SharedMetrics) -> Self {
+        let concurrency = Concurrency::new(cfg.max_inflight_requests, cfg.adaptive_concurrency);
+        // The limit moves only when a request ends (then it is stored again).
+        metrics.concurrency_limit.store(concurrency.limit() as u64, std::sync::atomic::Ordering::Relaxed);
         BigQuerySink {
             bq,
             policy: ShipPolicy::from(cfg),
-            concurrency: Concurrency::new(cfg.max_inflight_requests, cfg.adaptive_concurrency),
+            concurrency,
             shutdown,
             metrics,
             log_partition_expiration: cfg.log_partition_expiration,
@@ -179,7 +182,6 @@ impl BigQuerySink {
                     p = self.concurrency.acquire() => p,
                     _ = signalled(self.shutdown.clone()) => return Err(SinkError::Shutdown),
                 };
-                self.metrics.concurrency_limit.store(self.concurrency.limit() as u64, std::sync::atomic::Ordering::Relaxed);
                 let now = format_timestamp_micros(crate::wal::now_ms() as i64 * 1000);
                 let body = gzip_body(rows, &todo, &now, self.policy.gzip_level).map_err(|e| {
                     // Writing into memory cannot fail; treat it as shutdown rather than guess.
