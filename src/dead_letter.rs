@@ -192,7 +192,7 @@ async fn ship_pending(
 ) -> Result<Replayed, PipelineError> {
     let mut b = WalBatch::default();
     for (table, row) in &rows {
-        b.pending(&row.key, &pending_record(table, row)?);
+        b.pending(&row.key, pending_record(table, row)?);
     }
     flush_durably(wal, b, metrics).await?;
     let n = rows.len();

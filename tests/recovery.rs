@@ -36,11 +36,11 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
         for m in &read[..600] {
             let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
-                batch.pending(&row.key, &pending_record(&table, &row).unwrap());
+                batch.pending(&row.key, pending_record(&table, &row).unwrap());
                 pending.push((table, row));
             }
         }
-        wal.flush(batch).unwrap();
+        wal.flush(&batch).unwrap();
         // A primary-key change is two rows (the old key's delete and the new row).
         assert!(pending.len() >= 600);
         assert_eq!(wal.pending_count(), pending.len());
@@ -98,9 +98,9 @@ async fn a_row_refused_when_reshipped_after_a_restart_keeps_its_message_read_aga
     let Plan::Rows(rows) = plan(cfg, &read[0], &metrics) else { panic!("a widget change is a row") };
     let mut batch = WalBatch::default();
     for (table, row) in &rows {
-        batch.pending(&row.key, &pending_record(table, row).unwrap());
+        batch.pending(&row.key, pending_record(table, row).unwrap());
     }
-    wal.flush(batch).unwrap();
+    wal.flush(&batch).unwrap();
 
     let sink: Arc<dyn Sink> = Arc::new(RefuseAll);
     let recovered = landfall::pipeline::recover(&wal, &sink, cfg, &metrics).await.unwrap();

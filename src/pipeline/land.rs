@@ -28,9 +28,11 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Wa
 /// Other WAL errors (damage) are fatal.
 pub async fn flush_durably(wal: &Wal, batch: WalBatch, metrics: &Metrics) -> Result<(), PipelineError> {
     let mut delay = Duration::from_millis(100);
+    // Shared with each attempt, not copied: a batch holds every row's JSON.
+    let batch = Arc::new(batch);
     loop {
         let (w, b) = (wal.clone(), batch.clone());
-        match blocking(move || w.flush(b)).await {
+        match blocking(move || w.flush(&b)).await {
             Ok(()) => return Ok(()),
             Err(PipelineError::Wal(WalError::Io(e))) => {
                 Metrics::add(&metrics.wal_errors, 1);
@@ -125,7 +127,7 @@ pub async fn ship_and_land(
         let rows: Vec<LogRow> = dead.iter().map(dead_letter_row).collect();
         for (d, r) in dead.iter().zip(&rows) {
             batch.dead_letter(d);
-            batch.pending(&r.key, &pending_record(dead_letter_table, r)?);
+            batch.pending(&r.key, pending_record(dead_letter_table, r)?);
         }
         for d in &dead {
             metrics.dead_letter(d.stage.name());

@@ -266,7 +266,7 @@ pub async fn prepare(
                 match wal.state(&row.key)? {
                     KeyState::Resolved => absorbed += 1,
                     KeyState::Absent | KeyState::Pending => {
-                        wal_batch.pending(&row.key, &pending_record(&table, &row)?);
+                        wal_batch.pending(&row.key, pending_record(&table, &row)?);
                         p.wait_for(&mut reg, row.key);
                         if table != cfg.bigquery.dead_letter_table {
                             origins.insert(row.key, msg.clone());

@@ -51,9 +51,9 @@ async fn two_refused_rows_of_one_message_are_two_dead_letters_keeping_the_messag
     let origins: Origins = rows.iter().map(|r| (r.key, msg.clone())).collect();
     let mut b = WalBatch::default();
     for r in &rows {
-        b.pending(&r.key, &pending_record("t_log", r).unwrap());
+        b.pending(&r.key, pending_record("t_log", r).unwrap());
     }
-    wal.flush(b).unwrap();
+    wal.flush(&b).unwrap();
     let metrics = Metrics::default();
     let Shipped::Resolved(resolved) =
         ship_and_land(&wal, &sink, "dead_letters", vec![("t_log".into(), rows)], &origins, &metrics).await.unwrap()

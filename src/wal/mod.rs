@@ -49,7 +49,7 @@ pub mod record;
 
 use std::path::Path;
 
-pub use record::{DeadLetter, KafkaMessage, PendingBatch, PendingRecord, Record, RefusedRow, Stage};
+pub use record::{DeadLetter, KafkaMessage, PendingBatch, PendingBatchRef, PendingRecord, Record, RefusedRow, Stage};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -238,8 +238,8 @@ pub struct WalBatch {
 }
 
 impl WalBatch {
-    pub fn pending(&mut self, key: &DedupKey, rec: &PendingRecord) {
-        self.pending.push((*key, rec.clone()));
+    pub fn pending(&mut self, key: &DedupKey, rec: PendingRecord) {
+        self.pending.push((*key, rec));
         self.len += 1;
     }
 
@@ -435,7 +435,7 @@ impl Wal {
     }
 
     /// Applies `batch` atomically and returns once it is durable on disk.
-    pub fn flush(&self, batch: WalBatch) -> Result<(), WalError> {
+    pub fn flush(&self, batch: &WalBatch) -> Result<(), WalError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -449,7 +449,10 @@ impl Wal {
                 ))));
             }
         }
-        let WalBatch { batch: mut writes, pending, resolved, counters, dead_letters, .. } = batch;
+        let WalBatch { batch: writes, pending, resolved, counters, dead_letters, .. } = batch;
+        // The caller keeps the batch for a retry after an I/O error; only
+        // sled's own batch (a few small entries) is copied.
+        let mut writes = writes.clone();
         let resolves = !resolved.is_empty();
         // Held for the whole commit: commits are serialized by sled anyway,
         // and counters are read and written under it.
@@ -457,7 +460,7 @@ impl Wal {
         // Building the writes updates the in-memory view of open batches as
         // it goes; if it fails (a record that does not encode, an I/O error
         // while reading), nothing was written: read the view back from disk.
-        if let Err(e) = self.build_writes(&mut open, &mut writes, pending, &resolved, counters, dead_letters) {
+        if let Err(e) = self.build_writes(&mut open, &mut writes, pending, resolved, counters, dead_letters) {
             drop(open);
             self.rebuild_open_batches()?;
             return Err(e);
@@ -482,21 +485,21 @@ impl Wal {
         &self,
         open: &mut OpenBatches,
         writes: &mut sled::Batch,
-        pending: Vec<(DedupKey, PendingRecord)>,
+        pending: &[(DedupKey, PendingRecord)],
         resolved: &[(DedupKey, bool, u64)],
-        counters: Vec<(Vec<u8>, u64)>,
-        dead_letters: Vec<DeadLetter>,
+        counters: &[(Vec<u8>, u64)],
+        dead_letters: &[DeadLetter],
     ) -> Result<(), WalError> {
         let encode = |what: &dyn Fn() -> String, bytes: Result<Vec<u8>, record::EncodeError>| {
             bytes.map_err(|source| WalError::Encode { what: what(), source })
         };
-        for d in &dead_letters {
+        for d in dead_letters {
             let bytes = encode(&|| format!("dead letter {}/{}@{}", d.topic, d.partition, d.offset), record::encode(d))?;
             writes.insert(dead_letter_key(b'd', d), bytes);
         }
         for (key, delta) in counters {
-            let now = self.tree.get(&key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0);
-            writes.insert(key, &(now + delta).to_be_bytes()[..]);
+            let now = self.tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            writes.insert(&key[..], &(now + delta).to_be_bytes()[..]);
         }
         // Resolutions first: a key both resolved and pended in one batch ends pending.
         let mut by_time: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
@@ -512,12 +515,12 @@ impl Wal {
         for (at_ms, keys) in by_time {
             writes.insert(&landed_index_key(at_ms, self.db.generate_id()?)[..], keys);
         }
-        let mut chunk: Vec<([u8; 32], PendingRecord)> = Vec::new();
+        let mut chunk: Vec<(&[u8; 32], &PendingRecord)> = Vec::new();
         let mut chunk_bytes = 0;
-        let mut rest = pending.into_iter().peekable();
+        let mut rest = pending.iter().peekable();
         while let Some((key, rec)) = rest.next() {
             chunk_bytes += rec.row.len();
-            chunk.push((key.0, rec));
+            chunk.push((&key.0, rec));
             let full = rest.peek().is_some_and(|(_, next)| chunk_bytes + next.row.len() > BATCH_RECORD_BYTES);
             if full || rest.peek().is_none() {
                 let n = self.db.generate_id()?;
@@ -525,7 +528,7 @@ impl Wal {
                     open.written_at.insert(n, at);
                 }
                 for (k, _) in &chunk {
-                    let k = DedupKey(*k);
+                    let k = DedupKey(**k);
                     *open.remaining.entry(n).or_default() += 1;
                     // Pended again: its row now lives in the newer batch record.
                     if let Some(old) = open.key_batch.insert(k, n) {
@@ -535,8 +538,9 @@ impl Wal {
                 let rows = chunk.len();
                 let bytes = encode(
                     &|| format!("batch {n} of {rows} pending rows"),
-                    record::encode(&PendingBatch { entries: std::mem::take(&mut chunk) }),
+                    record::encode(&PendingBatchRef { entries: &chunk }),
                 )?;
+                chunk.clear();
                 writes.insert(&numbered_key(b'b', n)[..], bytes);
                 chunk_bytes = 0;
             }
@@ -791,13 +795,13 @@ mod tests {
         {
             let wal = Wal::open(dir.path()).unwrap();
             let mut b = WalBatch::default();
-            b.pending(&key(1), &rec("{\"a\":1}"));
-            b.pending(&key(2), &rec("{\"a\":2}"));
-            wal.flush(b).unwrap();
+            b.pending(&key(1), rec("{\"a\":1}"));
+            b.pending(&key(2), rec("{\"a\":2}"));
+            wal.flush(&b).unwrap();
             assert_eq!(wal.resolved_count(), 0, "pending keys are not resolved ones");
             let mut b = WalBatch::default();
             b.landed(&key(1), 1000);
-            wal.flush(b).unwrap();
+            wal.flush(&b).unwrap();
             assert_eq!(wal.resolved_count(), 1);
         }
         let wal = Wal::open(dir.path()).unwrap();
@@ -844,11 +848,11 @@ mod tests {
         {
             let wal = Wal::open(dir.path()).unwrap();
             let mut b = WalBatch::default();
-            b.pending(&key(1), &rec("{}"));
+            b.pending(&key(1), rec("{}"));
             let huge = PendingRecord { table: "t".into(), row: vec![b'x'; record::MAX_RECORD_BYTES], written_at_ms: 1 };
-            b.pending(&key(2), &huge);
+            b.pending(&key(2), huge);
             b.add_to_counter("c", 1);
-            let err = wal.flush(b).unwrap_err();
+            let err = wal.flush(&b).unwrap_err();
             assert!(matches!(&err, WalError::Encode { source: record::EncodeError::TooLarge, .. }), "{err}");
             assert!(err.to_string().contains("Nothing of this commit was written"), "{err}");
             // Nothing of the batch, not even its small row or its counter.
@@ -857,8 +861,8 @@ mod tests {
             assert_eq!(wal.counter("c").unwrap(), 0);
             // The WAL carries on.
             let mut b = WalBatch::default();
-            b.pending(&key(3), &rec("{}"));
-            wal.flush(b).unwrap();
+            b.pending(&key(3), rec("{}"));
+            wal.flush(&b).unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
         let pending: Vec<DedupKey> = wal.pending().map(|r| r.unwrap().0).collect();
@@ -873,13 +877,13 @@ mod tests {
         for (offset, id) in [(5, 1), (3, 2), (3, 3)] {
             b.dead_letter(&DeadLetter { offset, id: [id; 32], ..record::tests::sample_letter() });
         }
-        wal.flush(b).unwrap();
+        wal.flush(&b).unwrap();
         let got: Vec<(i64, u8)> = wal.dead_letters().map(|d| d.unwrap()).map(|d| (d.offset, d.id[0])).collect();
         // Before, letters were keyed by position alone: the second of offset 3 replaced the first.
         assert_eq!(got, vec![(3, 2), (3, 3), (5, 1)]);
         let mut b = WalBatch::default();
         b.dead_letter_replayed(&DeadLetter { offset: 3, id: [3; 32], ..record::tests::sample_letter() }, 9);
-        wal.flush(b).unwrap();
+        wal.flush(&b).unwrap();
         let marks: Vec<Option<u64>> = wal.dead_letters().map(|d| wal.replayed_at(&d.unwrap()).unwrap()).collect();
         assert_eq!(marks, vec![None, Some(9), None]);
     }
@@ -972,18 +976,18 @@ mod tests {
                     match op {
                         Op::Pending(k, v) => {
                             let mut b = WalBatch::default();
-                            b.pending(&key(k), &PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
-                            w.flush(b).unwrap();
+                            b.pending(&key(k), PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
+                            w.flush(&b).unwrap();
                             model.insert(k, M::Pending(vec![v]));
                         }
                         Op::PendingMany(ref kvs) => {
                             let mut b = WalBatch::default();
                             let mut seen = std::collections::BTreeSet::new();
                             for &(k, v) in kvs.iter().filter(|(k, _)| seen.insert(*k)) {
-                                b.pending(&key(k), &PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
+                                b.pending(&key(k), PendingRecord { table: "t".into(), row: vec![v], written_at_ms: 0 });
                                 model.insert(k, M::Pending(vec![v]));
                             }
-                            w.flush(b).unwrap();
+                            w.flush(&b).unwrap();
                         }
                         Op::LandedMany(ref ks, t) => {
                             let mut b = WalBatch::default();
@@ -991,12 +995,12 @@ mod tests {
                                 b.landed(&key(k), t as u64);
                                 model.insert(k, M::Resolved(t as u64));
                             }
-                            w.flush(b).unwrap();
+                            w.flush(&b).unwrap();
                         }
                         Op::Landed(k, t) | Op::Rejected(k, t) => {
                             let mut b = WalBatch::default();
                             if matches!(op, Op::Landed(..)) { b.landed(&key(k), t as u64) } else { b.rejected(&key(k), t as u64) }
-                            w.flush(b).unwrap();
+                            w.flush(&b).unwrap();
                             model.insert(k, M::Resolved(t as u64));
                         }
                         Op::Prune(before) => {

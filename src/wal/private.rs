@@ -103,7 +103,7 @@ mod tests {
             let wal = crate::wal::Wal::open(&dir).unwrap();
             let mut b = crate::wal::WalBatch::default();
             b.add_to_counter("x", 1);
-            wal.flush(b).unwrap();
+            wal.flush(&b).unwrap();
         }
         // sled's own files are created with the umask's modes (0644 under
         // 022): every one is private after the open.

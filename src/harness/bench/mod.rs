@@ -740,15 +740,15 @@ fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyh
         if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {
             for (table, row) in rows {
                 let ship = row;
-                batch.pending(&ship.key, &pending_record(&table, &ship)?);
+                batch.pending(&ship.key, pending_record(&table, &ship)?);
                 records += 1;
             }
         }
         if read % 10_000 == 0 {
-            wal.flush(std::mem::take(&mut batch))?;
+            wal.flush(&std::mem::take(&mut batch))?;
         }
     }
-    wal.flush(batch)?;
+    wal.flush(&batch)?;
     drop(wal);
     Ok(records)
 }
