@@ -10,10 +10,14 @@
 //!   average). So the limit moves at most once per round trip, and the
 //!   requests of a storm that were already in flight cut it once, not once
 //!   each.
-//! - **Additive increase**: once a limit's worth of requests of the window
-//!   were answered, none slow, and the limit was reached while they ran, it
-//!   rises by one: with 150 ms between clouds, the limit climbs until the
-//!   requests in flight cover the latency.
+//! - **Slow start, then additive increase**: once a limit's worth of
+//!   requests of the window were answered, none slow, and the limit was
+//!   reached while they ran, it rises: it doubles (up to the maximum) until
+//!   the first decrease, as TCP's slow start does, and rises by one per
+//!   window after that. With 150 ms between clouds the limit covers the
+//!   latency within a few round trips of the start (4 -> 8 -> 16), where +1
+//!   per round trip took about 2 s; after a cut it probes back one step at a
+//!   time.
 //! - **Multiplicative decrease**: backpressure (HTTP 429, 5xx, timeouts,
 //!   connection errors) or an answer slower than [`SLOW_FACTOR`] times the
 //!   moving average of round trips cuts the limit to [`DECREASE`] of itself
@@ -70,6 +74,8 @@ struct State {
     /// reached by one of them.
     answered: usize,
     saturated: bool,
+    /// Doubling on increase: true until the first decrease.
+    slow_start: bool,
 }
 
 /// The limiter; cheap to clone (shared state).
@@ -106,6 +112,7 @@ impl Concurrency {
                 window: 0,
                 answered: 0,
                 saturated: false,
+                slow_start: true,
             })),
             released: Arc::new(Notify::new()),
         }
@@ -156,19 +163,18 @@ impl Concurrency {
                 s.samples += 1;
             }
             if p.window == s.window {
-                let down = ((s.limit as f64 * DECREASE).floor() as usize).max(1);
-                match outcome {
-                    Outcome::Backpressure => set_limit(&mut s, down),
-                    Outcome::Answered if slow => set_limit(&mut s, down),
-                    Outcome::Answered => {
-                        s.answered += 1;
-                        s.saturated |= p.saturated;
-                        if s.answered >= s.limit && s.saturated && s.limit < s.max {
-                            let up = s.limit + 1;
-                            set_limit(&mut s, up);
-                        }
+                let cut = outcome == Outcome::Backpressure || (outcome == Outcome::Answered && slow);
+                if cut {
+                    let down = ((s.limit as f64 * DECREASE).floor() as usize).max(1);
+                    s.slow_start = false;
+                    set_limit(&mut s, down);
+                } else if outcome == Outcome::Answered {
+                    s.answered += 1;
+                    s.saturated |= p.saturated;
+                    if s.answered >= s.limit && s.saturated && s.limit < s.max {
+                        let up = if s.slow_start { (s.limit * 2).min(s.max) } else { s.limit + 1 };
+                        set_limit(&mut s, up);
                     }
-                    Outcome::Neutral => {}
                 }
             }
         }
@@ -226,10 +232,22 @@ mod tests {
     async fn the_limit_climbs_while_requests_fill_it_and_answer_in_time() {
         let c = Concurrency::new(32, true);
         assert_eq!(c.limit(), INITIAL_LIMIT);
-        rounds(&c, 10, Duration::from_millis(150), Outcome::Answered).await;
-        assert_eq!(c.limit(), INITIAL_LIMIT + 10, "one step per saturated round");
+        // Slow start: doubles per saturated round, never above the maximum.
+        rounds(&c, 1, Duration::from_millis(150), Outcome::Answered).await;
+        assert_eq!(c.limit(), INITIAL_LIMIT * 2, "doubles in slow start");
+        rounds(&c, 1, Duration::from_millis(150), Outcome::Answered).await;
+        assert_eq!(c.limit(), INITIAL_LIMIT * 4);
         rounds(&c, 40, Duration::from_millis(150), Outcome::Answered).await;
         assert_eq!(c.limit(), 32, "never above the maximum");
+        // After the first cut the climb is one step per saturated round.
+        let c = Concurrency::new(64, true);
+        rounds(&c, 3, Duration::from_millis(150), Outcome::Answered).await;
+        assert_eq!(c.limit(), INITIAL_LIMIT * 8);
+        rounds(&c, 1, Duration::from_millis(150), Outcome::Backpressure).await;
+        let cut = c.limit();
+        assert_eq!(cut, (INITIAL_LIMIT as f64 * 8.0 * DECREASE) as usize);
+        rounds(&c, 10, Duration::from_millis(150), Outcome::Answered).await;
+        assert_eq!(c.limit(), cut + 10, "one step per saturated round after a cut");
         // Requests that do not fill the limit do not raise it.
         let c = Concurrency::new(32, true);
         for _ in 0..20 {
@@ -243,7 +261,7 @@ mod tests {
         let c = Concurrency::new(32, true);
         rounds(&c, 20, Duration::from_millis(100), Outcome::Answered).await;
         let high = c.limit();
-        assert_eq!(high, 24);
+        assert_eq!(high, 32, "slow start reached the maximum");
         rounds(&c, 1, Duration::from_millis(100), Outcome::Backpressure).await;
         // All 24 requests in flight failed: one cut, not 24.
         assert_eq!(c.limit(), (high as f64 * DECREASE) as usize);
