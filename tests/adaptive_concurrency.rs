@@ -109,7 +109,7 @@ async fn the_limit_follows_backpressure_and_latency_and_recovers() {
     // the new latency. The step is large and the windows long because on a
     // loaded machine (the test lanes run side by side on 2 cores) the round
     // trips "at 20 ms" average far more: a 250 ms step watched for 1.5 s was
-    // once not twice the average in time (a run of `make test`, 2026-12-07).
+    // once not twice the average in time (a run of `make test`, 2026-12-06).
     proxy.set_blackhole(Some(Duration::from_millis(600)));
     let (step_low, _, _) = watch_limit(&metrics, Duration::from_secs(3)).await;
     assert!(step_low < recovered, "the latency step did not cut the limit: {recovered} -> {step_low}");

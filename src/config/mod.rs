@@ -268,9 +268,9 @@ pub struct PipelineConfig {
     /// How long a batch waits to fill up.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub batch_max_wait: Duration,
-    /// Batches between the WAL and BigQuery at once. 8 (was 4): a batch is
-    /// done only when its slowest insertAll is, so with 150 ms between
-    /// clouds 4 batches left the request limit unused (docs/performance.md,
+    /// Batches between the WAL and BigQuery at once. A batch is done only
+    /// when its slowest insertAll is, so with 150 ms between clouds fewer
+    /// (4) left the request limit unused (docs/performance.md,
     /// "f/e"). Memory stays bounded by `max_inflight_bytes`.
     #[serde(default = "default_inflight_batches")]
     pub max_inflight_batches: usize,

@@ -263,7 +263,7 @@ mod tests {
         let high = c.limit();
         assert_eq!(high, 32, "slow start reached the maximum");
         rounds(&c, 1, Duration::from_millis(100), Outcome::Backpressure).await;
-        // All 24 requests in flight failed: one cut, not 24.
+        // All 32 requests in flight failed: one cut, not 32.
         assert_eq!(c.limit(), (high as f64 * DECREASE) as usize);
         rounds(&c, 30, Duration::from_millis(100), Outcome::Backpressure).await;
         assert_eq!(c.limit(), 1, "a storm of 429s ends at one request in flight");
