@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -72,6 +73,9 @@ pub async fn run(
     // then repaired even when no new change moves the point.
     let mut recommit = tokio::time::interval(Duration::from_secs(2));
     recommit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One stream for the whole run: `recv()` registers and drops a waker
+    // slot per message.
+    let mut messages = consumer.stream();
 
     loop {
         if stopping && batch.is_empty() && batches_in_flight == 0 {
@@ -176,26 +180,43 @@ pub async fn run(
                 metrics.log_summary();
                 return Ok(Stopped::Interrupted);
             }
-            msg = consumer.recv(), if can_read => {
-                if drain_rebalance_events(&ctx, &mut batch) {
-                    batch_bytes = batch.iter().map(msg_bytes).sum();
-                }
-                match msg {
-                    Ok(m) => {
-                        Metrics::add(&metrics.consumed, 1);
-                        if batch.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
+            msg = messages.next(), if can_read => {
+                // The first message woke the loop; what librdkafka already
+                // holds is taken without a trip through the select (one
+                // wake per message cost more than decoding it).
+                let mut next = msg.expect("kafka streams never end");
+                loop {
+                    match next {
+                        Ok(m) => {
+                            if drain_rebalance_events(&ctx, &mut batch) {
+                                batch_bytes = batch.iter().map(msg_bytes).sum();
+                            }
+                            Metrics::add(&metrics.consumed, 1);
+                            if batch.is_empty() {
+                                deadline = Some(tokio::time::Instant::now() + cfg.pipeline.batch_max_wait);
+                            }
+                            let m = Msg::from_kafka(&m);
+                            batch_bytes += msg_bytes(&m);
+                            batch.push(m);
                         }
-                        let m = Msg::from_kafka(&m);
-                        batch_bytes += msg_bytes(&m);
-                        batch.push(m);
-                        metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka consume error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    let p = &cfg.pipeline;
+                    let room = batch.len() < p.batch_max_messages && batch_bytes < p.batch_max_bytes && shipping_bytes + batch_bytes < p.max_inflight_bytes;
+                    // Room is checked before polling: a message polled is a message taken.
+                    if !room {
+                        break;
+                    }
+                    match messages.next().now_or_never() {
+                        Some(Some(m)) => next = m,
+                        _ => break,
                     }
                 }
+                metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
             }
             // Only while a batch could be dispatched: a past deadline with every
             // slot taken would otherwise spin.

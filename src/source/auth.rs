@@ -99,7 +99,13 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         // `pipeline.max_inflight_batches` batches in flight anyway, so a
         // smaller read-ahead bounds memory at no cost in throughput.
         // `kafka.properties` may override it.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // Once that read-ahead is full, librdkafka postpones the next fetch of
+        // a partition by this long (default 1 s): a consumer a little slower
+        // than the fetcher then reads at most the read-ahead per backoff, 16
+        // MiB/s, whatever it could do (docs/performance.md, "the fetch
+        // backoff"). 20 ms lifts that cap far above the bridge.
+        .set("fetch.queue.backoff.ms", "20");
     if let KafkaAuth::AwsMskIam { .. } = cfg.auth {
         c.set("security.protocol", "SASL_SSL").set("sasl.mechanism", "OAUTHBEARER");
     }
