@@ -3,8 +3,8 @@
 //! # What is durable when
 //!
 //! Every change is written here as pending (its row in a [`PendingBatch`])
-//! *before* it is shipped, and marked [`Record::Landed`] after BigQuery
-//! accepted it. Each [`Wal::flush`] applies one atomic sled batch and then calls
+//! *before* it is shipped, and marked landed (its key in a key list) after
+//! BigQuery accepted it. Each [`Wal::flush`] applies one atomic sled batch and then calls
 //! `sled::Db::flush`, which returns only when the batch is on disk (sled 0.34
 //! is durable only after flush). The flushes on the write path, per pipeline batch:
 //!
@@ -28,14 +28,18 @@
 //!
 //! # Layout (one sled tree, keys prefixed by kind)
 //!
-//! * `c` + dedup key -> [`Record`] (format-versioned, see [`record`]): how
-//!   the key was resolved, and when
+//! * `l` + resolved-at (ms, big-endian) + number + rejected (1 byte) -> a
+//!   key list ([`record::encode_key_list`]): the dedup keys one commit
+//!   resolved at that time, landed (0) or rejected and dead-lettered (1).
+//!   A key is in at most one list: resolved again, it leaves the older one
+//!   in the same commit. Which list holds each key is kept in memory
+//!   ([`marks`], rebuilt on open), so a new key costs no sled read and sled
+//!   holds one record per commit, not one per key. Lists are pruned whole,
+//!   in time order.
 //! * `b` + batch number (big-endian) -> [`PendingBatch`]: the rows pended by
 //!   one commit; removed in the commit that resolves the last of them. A row
-//!   in it is pending unless its key has a mark numbered above the batch.
+//!   in it is pending unless its key is in a list numbered above the batch.
 //!   Which batch holds each pending key is kept in memory, rebuilt on open.
-//! * `l` + resolved-at (ms, big-endian) + number -> the dedup keys resolved
-//!   at that time by one commit (32 bytes each): the prune index
 //! * `d` + topic + 0x00 + partition + offset + dead-letter id -> [`DeadLetter`]
 //!   (dead letters of format 2, keyed without the id, are rewritten on open)
 //! * `r` + the same suffix -> when that dead letter was re-driven
@@ -44,6 +48,7 @@
 //! * `meta:setting:` + name -> a setting the tables depend on (each table's
 //!   `order_by`), pinned on first use
 
+pub mod marks;
 pub mod private;
 pub mod record;
 
@@ -55,11 +60,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::key::DedupKey;
+use marks::{list_key, list_rejected, list_seq, ListKey, Marks, Slot};
 
 /// Version of the key layout above, and of the dedup keys in it: 3 since
 /// keys name a change by its transaction details or Kafka position
-/// (`src/key.rs`); a WAL keyed another way cannot de-duplicate these.
-const LAYOUT_VERSION: u8 = 3;
+/// (`src/key.rs`); a WAL keyed another way cannot de-duplicate these. 4
+/// since marks are key lists (layout 3 kept one `c` + key record per
+/// resolved key; such a WAL is moved to layout 4 on open).
+const LAYOUT_VERSION: u8 = 4;
 const META_FORMAT: &[u8] = b"meta:format";
 
 #[derive(Debug, thiserror::Error)]
@@ -101,21 +109,28 @@ pub struct Wal {
     /// is in, and how many of a batch's rows are still pending (rebuilt from
     /// the `b` records on open).
     open: Arc<Mutex<OpenBatches>>,
-    /// Resolution marks in the prune index (`l`): the landed (or rejected)
-    /// keys held to absorb redeliveries, counted on open and kept current by
-    /// commits and prunes. A key resolved again counts again until its
-    /// older mark is pruned.
+    /// Which key list holds each resolved key (rebuilt from the `l` records
+    /// on open). Locked after `open` when both are taken.
+    marks: Arc<Mutex<Marks>>,
+    /// The landed (or rejected) keys held to absorb redeliveries, counted on
+    /// open and kept current by commits and prunes.
     resolved_held: Arc<std::sync::atomic::AtomicU64>,
     /// Commits still to fail with an injected I/O error (drills and tests).
     #[cfg(feature = "drill")]
     injected_io_errors: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
-fn ckey(prefix: u8, key: &DedupKey) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = prefix;
-    k[1..].copy_from_slice(&key.0);
-    k
+fn as_list_key(k: &[u8]) -> Result<ListKey, WalError> {
+    k.try_into().map_err(|_| WalError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source: record::FormatError::Malformed("a key list's key is not 18 bytes".into()),
+    })
+}
+
+/// A key list as an operator reads it in an error.
+fn list_name(list: &ListKey) -> String {
+    let at = u64::from_be_bytes(list[1..9].try_into().unwrap_or_default());
+    format!("key list {} (resolved at {at} ms{})", list_seq(list), if list_rejected(list) { ", rejected" } else { "" })
 }
 
 #[derive(Default)]
@@ -149,14 +164,6 @@ fn numbered_key(prefix: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
     k[1..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
-fn landed_index_key(at_ms: u64, n: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'l';
-    k[1..9].copy_from_slice(&at_ms.to_be_bytes());
-    k[9..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
@@ -297,39 +304,95 @@ impl Wal {
         let db = open_db(path, cache_bytes)?;
         private::secure(path);
         let tree = db.open_tree("landfall")?;
-        match tree.get(META_FORMAT)? {
+        let layout = match tree.get(META_FORMAT)? {
             None => {
                 tree.insert(META_FORMAT, &[LAYOUT_VERSION][..])?;
                 db.flush()?;
+                LAYOUT_VERSION
             }
-            Some(v) if v.as_ref() == [LAYOUT_VERSION] => {}
+            Some(v) if v.as_ref() == [LAYOUT_VERSION] || v.as_ref() == [3] => v[0],
             Some(v) => return Err(WalError::Incompatible { path: path.display().to_string(), found: v.first().copied().unwrap_or(0) }),
-        }
+        };
         let wal = Wal {
             db,
             tree,
             open: Default::default(),
+            marks: Default::default(),
             resolved_held: Default::default(),
             #[cfg(feature = "drill")]
             injected_io_errors: Default::default(),
         };
+        if layout == 3 {
+            let keys = wal.move_from_layout_3()?;
+            tracing::info!(keys, "moved the WAL's landed marks to layout {LAYOUT_VERSION} (key lists)");
+        }
+        wal.rebuild_marks()?;
         wal.rebuild_open_batches()?;
-        wal.count_resolved()?;
         wal.upgrade_dead_letters()?;
         Ok(wal)
     }
 
-    /// Counts the resolution marks of the prune index (32 bytes per key).
-    fn count_resolved(&self) -> Result<(), WalError> {
+    /// Reads which list holds each resolved key from the `l` records.
+    fn rebuild_marks(&self) -> Result<(), WalError> {
+        let mut marks = Marks::default();
         let mut n = 0u64;
         for item in self.tree.scan_prefix([b'l']) {
-            let (k, keys) = item?;
-            if k.len() == 17 {
-                n += (keys.len() / 32) as u64;
+            let (k, v) = item?;
+            let list = as_list_key(&k)?;
+            let keys = record::decode_key_list(&v).map_err(|source| WalError::Corrupt { key: list_name(&list), source })?;
+            let slot = marks.add_list(list);
+            for key in keys.chunks_exact(32) {
+                marks.insert(&DedupKey(key.try_into().unwrap_or_default()), slot);
             }
+            n += (keys.len() / 32) as u64;
         }
+        *self.marks.lock().unwrap_or_else(|e| e.into_inner()) = marks;
         self.resolved_held.store(n, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Layout 3 kept a `c` + key record per resolved key and an `l` prune
+    /// index beside them: their marks become key lists, in one atomic batch,
+    /// flushed. Returns how many keys were moved.
+    fn move_from_layout_3(&self) -> Result<usize, WalError> {
+        let mut lists: std::collections::BTreeMap<ListKey, Vec<[u8; 32]>> = Default::default();
+        let mut writes = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.scan_prefix([b'c']) {
+            let (k, v) = item?;
+            let key: [u8; 32] = k.get(1..).and_then(|b| b.try_into().ok()).ok_or_else(|| WalError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source: record::FormatError::Malformed("a layout-3 mark key is not 33 bytes".into()),
+            })?;
+            let rec: Record = record::decode(&v).map_err(|source| WalError::Corrupt { key: DedupKey(key).to_hex(), source })?;
+            let list = match rec {
+                Record::Landed { at_ms, seq } => list_key(at_ms, seq, false),
+                Record::Rejected { at_ms, seq } => list_key(at_ms, seq, true),
+            };
+            lists.entry(list).or_default().push(key);
+            writes.remove(k);
+            n += 1;
+        }
+        for item in self.tree.scan_prefix([b'l']) {
+            writes.remove(item?.0);
+        }
+        for (list, mut keys) in lists {
+            let bytes = record::encode_key_list(&mut keys).map_err(|source| WalError::Encode { what: list_name(&list), source })?;
+            writes.insert(&list[..], bytes);
+        }
+        writes.insert(META_FORMAT, &[LAYOUT_VERSION][..]);
+        self.tree.apply_batch(writes)?;
+        self.db.flush()?;
+        Ok(n)
+    }
+
+    /// The list that holds `key`, if one does: the one the index names,
+    /// confirmed in its record.
+    fn held(&self, marks: &Marks, key: &DedupKey) -> Result<Option<ListKey>, WalError> {
+        let Some((_, list)) = marks.candidate(key) else { return Ok(None) };
+        let Some(bytes) = self.tree.get(list)? else { return Ok(None) };
+        let keys = record::decode_key_list(&bytes).map_err(|source| WalError::Corrupt { key: list_name(&list), source })?;
+        Ok(record::key_list_holds(keys, &key.0).then_some(list))
     }
 
     /// Landed (or rejected) keys the WAL holds to absorb redeliveries until
@@ -342,6 +405,8 @@ impl Wal {
     /// numbered above the batch, no newer batch holding the same key), and
     /// removes batch records left with none.
     fn rebuild_open_batches(&self) -> Result<(), WalError> {
+        let mut held_open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         let mut open = OpenBatches::default();
         let mut writes = sled::Batch::default();
         let mut empty = Vec::new();
@@ -353,7 +418,7 @@ impl Wal {
             let mut live = 0;
             for (key, rec) in batch.entries {
                 let key = DedupKey(key);
-                if self.record(&key)?.is_some_and(|r| r.seq() > n) {
+                if self.held(&marks, &key)?.is_some_and(|list| list_seq(&list) > n) {
                     continue;
                 }
                 live += 1;
@@ -375,7 +440,7 @@ impl Wal {
             self.tree.apply_batch(writes)?;
             self.db.flush()?;
         }
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = open;
+        *held_open = open;
         Ok(())
     }
 
@@ -397,13 +462,6 @@ impl Wal {
         }
     }
 
-    fn record(&self, key: &DedupKey) -> Result<Option<Record>, WalError> {
-        match self.tree.get(ckey(b'c', key))? {
-            None => Ok(None),
-            Some(bytes) => record::decode::<Record>(&bytes).map(Some).map_err(|source| WalError::Corrupt { key: key.to_hex(), source }),
-        }
-    }
-
     /// Makes the next `n` commits fail as a full disk would (drills and tests).
     #[cfg(feature = "drill")]
     pub fn inject_io_errors(&self, n: u32) {
@@ -419,19 +477,29 @@ impl Wal {
     }
 
     pub fn state(&self, key: &DedupKey) -> Result<KeyState, WalError> {
-        if self.open.lock().unwrap_or_else(|e| e.into_inner()).key_batch.contains_key(key) {
-            return Ok(KeyState::Pending);
-        }
-        Ok(match self.record(key)? {
-            None => KeyState::Absent,
-            Some(_) => KeyState::Resolved,
+        Ok(match self.resolution(key)? {
+            Err(()) => KeyState::Pending,
+            Ok(None) => KeyState::Absent,
+            Ok(Some(_)) => KeyState::Resolved,
         })
+    }
+
+    /// Pending (`Err`), or the list that resolved `key` if one did. The
+    /// locks are held while the list is read: a commit moving the key to
+    /// another list cannot come between.
+    fn resolution(&self, key: &DedupKey) -> Result<Result<Option<ListKey>, ()>, WalError> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.key_batch.contains_key(key) {
+            return Ok(Err(()));
+        }
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Ok(self.held(&marks, key)?))
     }
 
     /// Whether BigQuery accepted `key` (and it is not pending again): a
     /// rejected key is not, so `dlq replay` can re-drive it.
     pub fn is_landed(&self, key: &DedupKey) -> Result<bool, WalError> {
-        Ok(self.state(key)? == KeyState::Resolved && matches!(self.record(key)?, Some(Record::Landed { .. })))
+        Ok(matches!(self.resolution(key)?, Ok(Some(list)) if !list_rejected(&list)))
     }
 
     /// Applies `batch` atomically and returns once it is durable on disk.
@@ -457,22 +525,31 @@ impl Wal {
         // Held for the whole commit: commits are serialized by sled anyway,
         // and counters are read and written under it.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        // Building the writes updates the in-memory view of open batches as
-        // it goes; if it fails (a record that does not encode, an I/O error
-        // while reading), nothing was written: read the view back from disk.
-        if let Err(e) = self.build_writes(&mut open, &mut writes, pending, resolved, counters, dead_letters) {
-            drop(open);
-            self.rebuild_open_batches()?;
-            return Err(e);
-        }
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        // Building the writes updates the in-memory views of open batches
+        // and marks as it goes; if it fails (a record that does not encode,
+        // an I/O error while reading), nothing was written: read the views
+        // back from disk.
+        let held = match self.build_writes(&mut open, &mut marks, &mut writes, pending, resolved, counters, dead_letters) {
+            Ok(held) => held,
+            Err(e) => {
+                drop((open, marks));
+                self.rebuild_marks()?;
+                self.rebuild_open_batches()?;
+                return Err(e);
+            }
+        };
         if let Err(e) = self.tree.apply_batch(writes) {
-            // The in-memory view ran ahead of the disk: read it back.
-            drop(open);
+            // The in-memory views ran ahead of the disk: read them back.
+            drop((open, marks));
+            self.rebuild_marks()?;
             self.rebuild_open_batches()?;
             return Err(e.into());
         }
-        drop(open);
-        self.resolved_held.fetch_add(resolved.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        drop((open, marks));
+        let (added, left) = held;
+        self.resolved_held.fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+        self.resolved_held.fetch_sub(left, std::sync::atomic::Ordering::Relaxed);
         if resolves {
             crate::failpoint::hit(crate::failpoint::AFTER_LANDED_APPLY);
         }
@@ -480,16 +557,19 @@ impl Wal {
         Ok(())
     }
 
-    /// The writes of one commit, into `writes`; `open` follows them.
+    /// The writes of one commit, into `writes`; `open` and `marks` follow
+    /// them. Returns how many keys joined a list and how many left one.
+    #[allow(clippy::too_many_arguments)]
     fn build_writes(
         &self,
         open: &mut OpenBatches,
+        marks: &mut Marks,
         writes: &mut sled::Batch,
         pending: &[(DedupKey, PendingRecord)],
         resolved: &[(DedupKey, bool, u64)],
         counters: &[(Vec<u8>, u64)],
         dead_letters: &[DeadLetter],
-    ) -> Result<(), WalError> {
+    ) -> Result<(u64, u64), WalError> {
         let encode = |what: &dyn Fn() -> String, bytes: Result<Vec<u8>, record::EncodeError>| {
             bytes.map_err(|source| WalError::Encode { what: what(), source })
         };
@@ -501,20 +581,9 @@ impl Wal {
             let now = self.tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0);
             writes.insert(&key[..], &(now + delta).to_be_bytes()[..]);
         }
-        // Resolutions first: a key both resolved and pended in one batch ends pending.
-        let mut by_time: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
-        let seq = if resolved.is_empty() { 0 } else { self.db.generate_id()? };
-        for &(ref key, rejected, at_ms) in resolved {
-            let rec = if rejected { Record::Rejected { at_ms, seq } } else { Record::Landed { at_ms, seq } };
-            writes.insert(&ckey(b'c', key)[..], encode(&|| format!("mark of {key}"), record::encode(&rec))?);
-            by_time.entry(at_ms).or_default().extend_from_slice(&key.0);
-            if let Some(n) = open.key_batch.remove(key) {
-                open.release(n, writes);
-            }
-        }
-        for (at_ms, keys) in by_time {
-            writes.insert(&landed_index_key(at_ms, self.db.generate_id()?)[..], keys);
-        }
+        // Resolutions first (numbered below this commit's batch records): a
+        // key both resolved and pended in one batch ends pending.
+        let held = self.resolve(open, marks, writes, resolved)?;
         let mut chunk: Vec<(&[u8; 32], &PendingRecord)> = Vec::new();
         let mut chunk_bytes = 0;
         let mut rest = pending.iter().peekable();
@@ -536,16 +605,84 @@ impl Wal {
                     }
                 }
                 let rows = chunk.len();
-                let bytes = encode(
-                    &|| format!("batch {n} of {rows} pending rows"),
-                    record::encode(&PendingBatchRef { entries: &chunk }),
-                )?;
+                let bytes = encode(&|| format!("batch {n} of {rows} pending rows"), record::encode(&PendingBatchRef { entries: &chunk }))?;
                 chunk.clear();
                 writes.insert(&numbered_key(b'b', n)[..], bytes);
                 chunk_bytes = 0;
             }
         }
-        Ok(())
+        Ok(held)
+    }
+
+    /// The key lists of one commit's resolutions: one per (time, landed or
+    /// rejected); a key already in a list leaves it (the list is rewritten,
+    /// or removed when it empties). Returns how many keys joined a list and
+    /// how many left one.
+    fn resolve(
+        &self,
+        open: &mut OpenBatches,
+        marks: &mut Marks,
+        writes: &mut sled::Batch,
+        resolved: &[(DedupKey, bool, u64)],
+    ) -> Result<(u64, u64), WalError> {
+        let mut lists: std::collections::BTreeMap<(u64, bool), Vec<[u8; 32]>> = Default::default();
+        // The last resolution of a key in the commit is its mark.
+        let mut seen = std::collections::HashSet::new();
+        for &(ref key, rejected, at_ms) in resolved.iter().rev() {
+            if seen.insert(*key) {
+                lists.entry((at_ms, rejected)).or_default().push(key.0);
+            }
+            if let Some(n) = open.key_batch.remove(key) {
+                open.release(n, writes);
+            }
+        }
+        // Keys resolved before: out of their older lists.
+        let mut edited: HashMap<Slot, (ListKey, Vec<[u8; 32]>)> = HashMap::new();
+        let mut left = 0u64;
+        for key in lists.values().flatten() {
+            let key = DedupKey(*key);
+            let Some((slot, list)) = marks.candidate(&key) else { continue };
+            let keys = match edited.entry(slot) {
+                std::collections::hash_map::Entry::Occupied(e) => &mut e.into_mut().1,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let keys = match self.tree.get(list)? {
+                        None => Vec::new(),
+                        Some(bytes) => record::decode_key_list(&bytes)
+                            .map_err(|source| WalError::Corrupt { key: list_name(&list), source })?
+                            .chunks_exact(32)
+                            .map(|k| k.try_into().unwrap_or_default())
+                            .collect(),
+                    };
+                    &mut e.insert((list, keys)).1
+                }
+            };
+            if let Ok(at) = keys.binary_search(&key.0) {
+                keys.remove(at);
+                marks.remove(&key, slot, keys.as_flattened());
+                left += 1;
+            }
+        }
+        for (slot, (list, mut keys)) in edited {
+            if keys.is_empty() {
+                writes.remove(&list[..]);
+                marks.drop_list(slot, &[]);
+            } else {
+                let bytes = record::encode_key_list(&mut keys).map_err(|source| WalError::Encode { what: list_name(&list), source })?;
+                writes.insert(&list[..], bytes);
+            }
+        }
+        let mut added = 0u64;
+        for ((at_ms, rejected), mut keys) in lists {
+            let list = list_key(at_ms, self.db.generate_id()?, rejected);
+            let bytes = record::encode_key_list(&mut keys).map_err(|source| WalError::Encode { what: list_name(&list), source })?;
+            let slot = marks.add_list(list);
+            for key in &keys {
+                marks.insert(&DedupKey(*key), slot);
+            }
+            added += keys.len() as u64;
+            writes.insert(&list[..], bytes);
+        }
+        Ok((added, left))
     }
 
     /// Every pending record (to re-ship on start), in the order written.
@@ -589,11 +726,11 @@ impl Wal {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Removes records resolved before `before_ms`, returning how many.
+    /// Removes the keys resolved before `before_ms`, returning how many.
     pub fn prune(&self, before_ms: u64) -> Result<usize, WalError> {
         let mut batch = sled::Batch::default();
         let (mut n, mut entries) = (0, 0u64);
-        let end = landed_index_key(before_ms, 0);
+        let end = list_key(before_ms, 0, false);
         // A batch record lists resolved rows until its last one resolves, and
         // their marks are what says they are no longer pending there: rewrite
         // partly resolved records to their pending rows before dropping marks.
@@ -616,25 +753,18 @@ impl Wal {
             self.tree.apply_batch(rewrite)?;
             self.db.flush()?;
         }
+        // The lists past retention go whole; their keys leave the index.
+        let _open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         for item in self.tree.range(&[b'l'][..]..&end[..]) {
-            let (k, keys) = item?;
-            if k.len() != 17 {
-                continue;
-            }
-            let at = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
-            for chunk in keys.chunks_exact(32) {
-                let key = DedupKey(chunk.try_into().unwrap_or_default());
-                // Drop the record only if this index entry is its current mark:
-                // not if it was pended again, nor resolved again later (then a
-                // newer index entry decides).
-                if let Some(Record::Landed { at_ms, .. } | Record::Rejected { at_ms, .. }) = self.record(&key)? {
-                    if at_ms == at {
-                        batch.remove(&ckey(b'c', &key)[..]);
-                        n += 1;
-                    }
-                }
+            let (k, v) = item?;
+            let list = as_list_key(&k)?;
+            let keys = record::decode_key_list(&v).map_err(|source| WalError::Corrupt { key: list_name(&list), source })?;
+            if let Some(slot) = marks.slot(&list) {
+                marks.drop_list(slot, keys);
             }
             batch.remove(k);
+            n += keys.len() / 32;
             self.resolved_held.fetch_sub((keys.len() / 32) as u64, std::sync::atomic::Ordering::Relaxed);
             entries += 1;
             if entries % 1_000 == 0 {
@@ -834,10 +964,82 @@ mod tests {
     #[test]
     fn damaged_record_is_reported_not_panicked() {
         let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path()).unwrap();
+            wal.tree.insert(list_key(5, 6, false), &[record::FORMAT_VERSION, 0xff, 0xff][..]).unwrap();
+            wal.db.flush().unwrap();
+        }
+        let err = Wal::open(dir.path()).err().expect("a damaged key list is refused").to_string();
+        assert!(err.contains("damaged") && err.contains("key list 6"), "{err}");
+    }
+
+    #[test]
+    fn a_key_resolved_again_leaves_its_older_list() {
+        let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
-        wal.tree.insert(ckey(b'c', &key(4)), &[1u8, 0xff, 0xff][..]).unwrap();
-        let err = wal.state(&key(4)).unwrap_err().to_string();
-        assert!(err.contains("damaged"), "{err}");
+        let mut b = WalBatch::default();
+        b.rejected(&key(1), 10);
+        b.landed(&key(2), 10);
+        wal.flush(&b).unwrap();
+        assert!(!wal.is_landed(&key(1)).unwrap(), "rejected is not landed");
+        // Re-driven (dlq replay): pended again, then landed later.
+        let mut b = WalBatch::default();
+        b.pending(&key(1), rec("{}"));
+        wal.flush(&b).unwrap();
+        assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Pending);
+        let mut b = WalBatch::default();
+        b.landed(&key(1), 20);
+        wal.flush(&b).unwrap();
+        assert!(wal.is_landed(&key(1)).unwrap());
+        assert_eq!(wal.resolved_count(), 2, "each key is counted once");
+        // Pruning the older time keeps key 1 (its mark is the newer one).
+        assert_eq!(wal.prune(15).unwrap(), 1);
+        assert_eq!((wal.state(&key(1)).unwrap(), wal.state(&key(2)).unwrap()), (KeyState::Resolved, KeyState::Absent));
+        drop(wal);
+        let wal = Wal::open(dir.path()).unwrap();
+        assert!(wal.is_landed(&key(1)).unwrap(), "and after a reopen");
+        assert_eq!(wal.state(&key(2)).unwrap(), KeyState::Absent);
+        assert_eq!(wal.tree.scan_prefix([b'l']).count(), 1, "the emptied list went with its last key");
+    }
+
+    #[test]
+    fn a_layout_3_wal_is_moved_to_key_lists_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("landfall").unwrap();
+            tree.insert(META_FORMAT, &[3u8][..]).unwrap();
+            let mark = |k: u8, rec: Record| {
+                let mut c = vec![b'c'];
+                c.extend_from_slice(&key(k).0);
+                tree.insert(c, record::encode(&rec).unwrap()).unwrap();
+            };
+            mark(1, Record::Landed { at_ms: 100, seq: 5 });
+            mark(2, Record::Rejected { at_ms: 100, seq: 5 });
+            mark(3, Record::Landed { at_ms: 200, seq: 9 });
+            // Key 3 was pended again (batch 12, above its mark); key 4 pended once.
+            let batch = PendingBatch { entries: vec![(key(3).0, rec("{\"a\":3}")), (key(4).0, rec("{\"a\":4}"))] };
+            tree.insert(numbered_key(b'b', 12), record::encode(&batch).unwrap()).unwrap();
+            // The layout-3 prune index.
+            let mut l = vec![b'l'];
+            l.extend_from_slice(&100u64.to_be_bytes());
+            l.extend_from_slice(&6u64.to_be_bytes());
+            tree.insert(l, [key(1).0, key(2).0].concat()).unwrap();
+            db.flush().unwrap();
+        }
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.tree.get(META_FORMAT).unwrap().unwrap().as_ref(), [LAYOUT_VERSION]);
+        assert!(wal.tree.scan_prefix([b'c']).next().is_none(), "no per-key marks left");
+        assert_eq!(wal.tree.scan_prefix([b'l']).count(), 3, "lists (100, 5, landed), (100, 5, rejected), (200, 9, landed)");
+        assert!(wal.is_landed(&key(1)).unwrap());
+        assert_eq!(wal.state(&key(2)).unwrap(), KeyState::Resolved);
+        assert!(!wal.is_landed(&key(2)).unwrap());
+        assert_eq!((wal.state(&key(3)).unwrap(), wal.state(&key(4)).unwrap()), (KeyState::Pending, KeyState::Pending));
+        assert_eq!(wal.resolved_count(), 3);
+        assert_eq!(wal.prune(150).unwrap(), 2);
+        assert_eq!(wal.state(&key(1)).unwrap(), KeyState::Absent);
+        drop(wal);
+        assert_eq!(Wal::open(dir.path()).unwrap().resolved_count(), 1, "moved once; a second open changes nothing");
     }
 
     #[test]
@@ -961,7 +1163,8 @@ mod tests {
         #[derive(Debug, Clone, PartialEq)]
         enum M {
             Pending(Vec<u8>),
-            Resolved(u64),
+            /// At, and whether rejected.
+            Resolved(u64, bool),
         }
 
         proptest! {
@@ -970,7 +1173,13 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let mut wal = Some(Wal::open(dir.path()).unwrap());
                 let mut model: BTreeMap<u8, M> = BTreeMap::new();
-                let key = |k: u8| DedupKey([k; 32]);
+                // Keys 0, 2, 4, 6 share their first 8 bytes, as do 1, 3, 5, 7:
+                // the index's prefix entries and overflow are both exercised.
+                let key = |k: u8| {
+                    let mut b = [k % 2; 32];
+                    b[31] = k;
+                    DedupKey(b)
+                };
                 for op in ops {
                     let w = wal.as_ref().unwrap();
                     match op {
@@ -993,7 +1202,7 @@ mod tests {
                             let mut b = WalBatch::default();
                             for &k in ks {
                                 b.landed(&key(k), t as u64);
-                                model.insert(k, M::Resolved(t as u64));
+                                model.insert(k, M::Resolved(t as u64, false));
                             }
                             w.flush(&b).unwrap();
                         }
@@ -1001,14 +1210,14 @@ mod tests {
                             let mut b = WalBatch::default();
                             if matches!(op, Op::Landed(..)) { b.landed(&key(k), t as u64) } else { b.rejected(&key(k), t as u64) }
                             w.flush(&b).unwrap();
-                            model.insert(k, M::Resolved(t as u64));
+                            model.insert(k, M::Resolved(t as u64, matches!(op, Op::Rejected(..))));
                         }
                         Op::Prune(before) => {
                             w.prune(before as u64).unwrap();
                             // Resolved before `before` go; pending stay. (A key
                             // resolved twice keeps its newest mark; an older prune
                             // index entry must not drop it.)
-                            model.retain(|_, m| !matches!(m, M::Resolved(at) if *at < before as u64));
+                            model.retain(|_, m| !matches!(m, M::Resolved(at, _) if *at < before as u64));
                         }
                         Op::Reboot => {
                             drop(wal.take());
@@ -1029,11 +1238,15 @@ mod tests {
                         let want = match model.get(&k) {
                             None => KeyState::Absent,
                             Some(M::Pending(_)) => KeyState::Pending,
-                            Some(M::Resolved(_)) => KeyState::Resolved,
+                            Some(M::Resolved(..)) => KeyState::Resolved,
                         };
                         prop_assert_eq!(w.state(&key(k)).unwrap(), want, "key {}", k);
+                        prop_assert_eq!(w.is_landed(&key(k)).unwrap(), matches!(model.get(&k), Some(M::Resolved(_, false))), "landed {}", k);
                     }
-                    let pending: BTreeMap<u8, Vec<u8>> = w.pending().map(|r| r.unwrap()).map(|(k, p)| (k.0[0], p.row)).collect();
+                    let resolved = model.values().filter(|m| matches!(m, M::Resolved(..))).count() as u64;
+                    // Pending again keeps the older mark until it resolves.
+                    prop_assert!(w.resolved_count() >= resolved, "resolved {} < {}", w.resolved_count(), resolved);
+                    let pending: BTreeMap<u8, Vec<u8>> = w.pending().map(|r| r.unwrap()).map(|(k, p)| (k.0[31], p.row)).collect();
                     let want: BTreeMap<u8, Vec<u8>> = model.iter().filter_map(|(k, m)| match m { M::Pending(v) => Some((*k, v.clone())), _ => None }).collect();
                     prop_assert_eq!(&pending, &want);
                     prop_assert_eq!(w.pending_count(), want.len());

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the record encoding. Bump it (and keep a decoder for the old
 /// one) whenever a record type below changes shape. Version 3 changed only
-/// [`DeadLetter`]; the other records read the same in versions 2 and 3.
-pub const FORMAT_VERSION: u8 = 3;
+/// [`DeadLetter`]; version 4 added the [key list](encode_key_list); the other
+/// records read the same in versions 2 to 4.
+pub const FORMAT_VERSION: u8 = 4;
 
 /// No record body is larger than this (a row is at most 10 MB in BigQuery):
 /// [`encode`] refuses to write a larger one.
@@ -36,8 +37,8 @@ pub enum FormatError {
     Malformed(String),
 }
 
-/// How a change was resolved, keyed by its dedup key (a pending change has
-/// no record of its own: its row is in a [`PendingBatch`]).
+/// How a change was resolved, keyed by its dedup key, in WAL layout 3 (read
+/// only to move such a WAL to layout 4, where marks are [key lists](encode_key_list)).
 ///
 /// `seq` orders the mark against batch records (both are numbered by the
 /// same monotonic counter): a row in a batch record numbered above the mark
@@ -281,6 +282,54 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     }
 }
 
+/// The record of a set of dedup keys (the keys one commit resolved): the
+/// format version, then the keys, 32 bytes each, sorted and without
+/// repeats (so that [`key_list_holds`] can search it). `keys` is sorted here.
+pub fn encode_key_list(keys: &mut Vec<[u8; 32]>) -> Result<Vec<u8>, EncodeError> {
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() * 32 > MAX_RECORD_BYTES {
+        return Err(EncodeError::TooLarge);
+    }
+    let mut out = Vec::with_capacity(1 + keys.len() * 32);
+    out.push(FORMAT_VERSION);
+    for k in keys.iter() {
+        out.extend_from_slice(k);
+    }
+    Ok(out)
+}
+
+/// The keys of a key-list record (32 bytes each), checked: its version, its
+/// length, and that the keys are sorted without repeats.
+pub fn decode_key_list(bytes: &[u8]) -> Result<&[u8], FormatError> {
+    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+    if !(4..=FORMAT_VERSION).contains(&version) {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    if body.len() % 32 != 0 {
+        return Err(FormatError::Malformed(format!("a key list of {} bytes is not a whole number of 32-byte keys", body.len())));
+    }
+    if body.chunks_exact(32).zip(body.chunks_exact(32).skip(1)).any(|(a, b)| a >= b) {
+        return Err(FormatError::Malformed("the keys of a key list are not sorted".into()));
+    }
+    Ok(body)
+}
+
+/// Whether the keys of a decoded key list ([`decode_key_list`]) hold `key`.
+pub fn key_list_holds(keys: &[u8], key: &[u8; 32]) -> bool {
+    let n = keys.len() / 32;
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match keys[mid * 32..mid * 32 + 32].cmp(&key[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
 /// A record type, and the oldest format version that encodes it the way
 /// this build does.
 pub trait Versioned: for<'de> Deserialize<'de> {
@@ -328,6 +377,27 @@ pub(crate) mod tests {
         let d = sample_letter();
         assert_eq!(decode::<DeadLetter>(&encode(&d).unwrap()).unwrap(), d);
         assert_eq!(decode_dead_letter(&encode(&d).unwrap()).unwrap(), AnyDeadLetter::Current(d));
+    }
+
+    #[test]
+    fn key_lists_round_trip_sorted_and_refuse_damage() {
+        let mut keys = vec![[9; 32], [1; 32], [5; 32], [1; 32]];
+        let bytes = encode_key_list(&mut keys).unwrap();
+        assert_eq!(keys, vec![[1; 32], [5; 32], [9; 32]], "sorted, repeats dropped");
+        let body = decode_key_list(&bytes).unwrap();
+        for k in [[1; 32], [5; 32], [9; 32]] {
+            assert!(key_list_holds(body, &k));
+        }
+        for k in [[0; 32], [2; 32], [7; 32], [10; 32]] {
+            assert!(!key_list_holds(body, &k));
+        }
+        assert!(matches!(decode_key_list(&bytes[..40]), Err(FormatError::Malformed(_))), "a cut key");
+        let mut unsorted = vec![FORMAT_VERSION];
+        unsorted.extend_from_slice(&[5; 32]);
+        unsorted.extend_from_slice(&[1; 32]);
+        assert!(matches!(decode_key_list(&unsorted), Err(FormatError::Malformed(_))));
+        assert!(matches!(decode_key_list(&[3]), Err(FormatError::UnsupportedVersion { found: 3 })));
+        assert_eq!(decode_key_list(&[]), Err(FormatError::Empty));
     }
 
     pub(crate) fn sample_letter() -> DeadLetter {
