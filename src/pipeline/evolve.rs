@@ -43,6 +43,34 @@ use super::{Msg, PipelineError};
 const FIRST_DELAY: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// Batches at least this large are planned on two threads.
+const PLAN_IN_TWO_FROM: usize = 256;
+
+/// [`plan`] for each message, in order. Decoding is most of the consume
+/// loop's work, and [`plan`] is a pure function of the message: a large batch
+/// is planned in two halves at once, the second on a scoped thread, so that
+/// both cores decode.
+fn plan_each(cfg: &Config, mut msgs: Vec<Msg>, metrics: &Metrics) -> Vec<(Msg, Plan)> {
+    let seq = |msgs: Vec<Msg>| -> Vec<(Msg, Plan)> {
+        msgs.into_iter()
+            .map(|m| {
+                let p = plan(cfg, &m, metrics);
+                (m, p)
+            })
+            .collect()
+    };
+    if msgs.len() < PLAN_IN_TWO_FROM {
+        return seq(msgs);
+    }
+    let second = msgs.split_off(msgs.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| seq(second));
+        let mut planned = seq(msgs);
+        planned.extend(other.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        planned
+    })
+}
+
 /// Plans `msgs`, adding the columns they need first (see the module docs).
 /// `cfg` is replaced by the grown config when columns were added.
 pub async fn plan_all(
@@ -52,13 +80,7 @@ pub async fn plan_all(
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<(Msg, Plan)>, PipelineError> {
-    let mut planned: Vec<(Msg, Plan)> = msgs
-        .into_iter()
-        .map(|m| {
-            let p = plan(cfg, &m, metrics);
-            (m, p)
-        })
-        .collect();
+    let mut planned = plan_each(cfg, msgs, metrics);
     if cfg.schema.evolve == Evolve::Off || !planned.iter().any(|(_, p)| matches!(p, Plan::Evolve(_))) {
         return Ok(planned);
     }

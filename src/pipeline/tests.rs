@@ -395,3 +395,34 @@ async fn shutdown_while_columns_cannot_be_added_ends_the_batch_unbegun() {
     assert!(sink.asked.lock().unwrap().len() >= 2, "retried until the shutdown");
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_large_batch_planned_on_two_threads_keeps_message_order_and_plans() {
+    // 301 messages (above the two-thread threshold, an odd count): changes,
+    // with a message that is not JSON every seventh.
+    let (cfg, metrics) = (config(), Metrics::default());
+    let msgs: Vec<Msg> = (0..301)
+        .map(|i| {
+            if i % 7 == 3 {
+                big_msg(i, b"{not json".to_vec())
+            } else {
+                change_msg(i, serde_json::json!({"id": i, "name": format!("n{i}")}))
+            }
+        })
+        .collect();
+    // A dead letter carries the time it was made: compared by what it says.
+    let summary = |p: &Plan| match p {
+        Plan::Dead(d) => format!("dead {} {}", d.offset, d.reason),
+        other => format!("{other:?}"),
+    };
+    let one_at_a_time: Vec<String> = msgs.iter().map(|m| summary(&plan(&cfg, m, &metrics))).collect();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let mut live = Arc::new(config());
+    let planned = super::plan_all(&mut live, &RefuseAll, msgs, &metrics, &rx).await.unwrap();
+    let offsets: Vec<i64> = planned.iter().map(|(m, _)| m.offset).collect();
+    assert_eq!(offsets, (0..301).collect::<Vec<i64>>(), "messages stay in order");
+    let plans: Vec<String> = planned.iter().map(|(_, p)| summary(p)).collect();
+    assert_eq!(plans, one_at_a_time, "each message gets the plan it gets alone");
+    assert_eq!(plans.iter().filter(|p| p.starts_with("dead ")).count(), 43, "the bad messages are dead letters: {}", &plans[3]);
+    assert!(plans[0].starts_with("Rows"), "{}", &plans[0]);
+}
