@@ -11,7 +11,7 @@ use landfall::config::{ColumnConfig, TableConfig};
 use landfall::decode::row::{build, Coords};
 use landfall::decode::{dms, ColumnType, Decoded, OrderBy};
 use landfall::merge::sql::{merge_statement, tombstone_statement, tombstone_table_name, MergeTarget, Window};
-use landfall::wal::record::{decode, decode_dead_letter, encode};
+use landfall::wal::record::{decode, decode_dead_letter, decode_key_list, encode, encode_key_list, key_list_holds};
 use landfall::wal::{DeadLetter, PendingBatch, Record};
 
 /// Arbitrary bytes as a Kafka message value: decoding and row building must
@@ -60,6 +60,14 @@ pub fn wal_record(data: &[u8]) {
     if let Ok(b) = decode::<PendingBatch>(data) {
         let bytes = encode(&b).expect("a decoded record encodes");
         assert_eq!(decode::<PendingBatch>(&bytes).as_ref(), Ok(&b));
+    }
+    if let Ok(keys) = decode_key_list(data) {
+        // A key list that decodes is sorted: it re-encodes to the same bytes,
+        // and holds each of its keys.
+        let mut list: Vec<[u8; 32]> = keys.chunks_exact(32).map(|k| k.try_into().unwrap()).collect();
+        assert!(list.iter().all(|k| key_list_holds(keys, k)));
+        let bytes = encode_key_list(&mut list).expect("a decoded key list encodes");
+        assert_eq!(&bytes[1..], keys);
     }
 }
 
