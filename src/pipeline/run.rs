@@ -33,6 +33,12 @@ struct BatchDone {
     bytes: usize,
 }
 
+/// Whether the batch being read takes another message: it is not full (in
+/// messages or bytes), and the bytes in flight are under their bound.
+fn room(p: &crate::config::PipelineConfig, messages: usize, batch_bytes: usize, shipping_bytes: usize) -> bool {
+    messages < p.batch_max_messages && batch_bytes < p.batch_max_bytes && shipping_bytes + batch_bytes < p.max_inflight_bytes
+}
+
 /// Runs the bridge until `shutdown` turns true (or a fatal error).
 /// `abort` is raised when draining times out; the sink given here must watch it.
 pub async fn run(
@@ -83,8 +89,7 @@ pub async fn run(
         }
         let p = &cfg.pipeline;
         let batch_full = batch.len() >= p.batch_max_messages || batch_bytes >= p.batch_max_bytes;
-        let can_read =
-            !stopping && batches_in_flight < p.max_inflight_batches && !batch_full && shipping_bytes + batch_bytes < p.max_inflight_bytes;
+        let can_read = !stopping && batches_in_flight < p.max_inflight_batches && room(p, batch.len(), batch_bytes, shipping_bytes);
         let flush_now = !batch.is_empty() && (batch_full || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
         if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
             let msgs = std::mem::take(&mut batch);
@@ -205,10 +210,8 @@ pub async fn run(
                             break;
                         }
                     }
-                    let p = &cfg.pipeline;
-                    let room = batch.len() < p.batch_max_messages && batch_bytes < p.batch_max_bytes && shipping_bytes + batch_bytes < p.max_inflight_bytes;
                     // Room is checked before polling: a message polled is a message taken.
-                    if !room {
+                    if !room(&cfg.pipeline, batch.len(), batch_bytes, shipping_bytes) {
                         break;
                     }
                     match messages.next().now_or_never() {

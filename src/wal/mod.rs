@@ -60,7 +60,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::key::DedupKey;
-use marks::{list_key, list_rejected, list_seq, ListKey, Marks, Slot};
+use marks::{list_at, list_key, list_rejected, list_seq, ListKey, Marks, Slot};
 
 /// Version of the key layout above, and of the dedup keys in it: 3 since
 /// keys name a change by its transaction details or Kafka position
@@ -90,6 +90,13 @@ pub enum WalError {
          table (new log and final tables, and an empty WAL)"
     )]
     SettingChanged { setting: String, stored: String, configured: String },
+}
+
+/// Where a key is, with the list that resolved it.
+enum Resolution {
+    Pending,
+    Absent,
+    In(ListKey),
 }
 
 /// What the WAL knows about a dedup key.
@@ -129,8 +136,7 @@ fn as_list_key(k: &[u8]) -> Result<ListKey, WalError> {
 
 /// A key list as an operator reads it in an error.
 fn list_name(list: &ListKey) -> String {
-    let at = u64::from_be_bytes(list[1..9].try_into().unwrap_or_default());
-    format!("key list {} (resolved at {at} ms{})", list_seq(list), if list_rejected(list) { ", rejected" } else { "" })
+    format!("key list {} (resolved at {} ms{})", list_seq(list), list_at(list), if list_rejected(list) { ", rejected" } else { "" })
 }
 
 #[derive(Default)]
@@ -478,28 +484,27 @@ impl Wal {
 
     pub fn state(&self, key: &DedupKey) -> Result<KeyState, WalError> {
         Ok(match self.resolution(key)? {
-            Err(()) => KeyState::Pending,
-            Ok(None) => KeyState::Absent,
-            Ok(Some(_)) => KeyState::Resolved,
+            Resolution::Pending => KeyState::Pending,
+            Resolution::Absent => KeyState::Absent,
+            Resolution::In(_) => KeyState::Resolved,
         })
     }
 
-    /// Pending (`Err`), or the list that resolved `key` if one did. The
-    /// locks are held while the list is read: a commit moving the key to
-    /// another list cannot come between.
-    fn resolution(&self, key: &DedupKey) -> Result<Result<Option<ListKey>, ()>, WalError> {
+    /// Where `key` is. The locks are held while its list is read: a commit
+    /// moving the key to another list cannot come between.
+    fn resolution(&self, key: &DedupKey) -> Result<Resolution, WalError> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.key_batch.contains_key(key) {
-            return Ok(Err(()));
+            return Ok(Resolution::Pending);
         }
         let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Ok(self.held(&marks, key)?))
+        Ok(self.held(&marks, key)?.map_or(Resolution::Absent, Resolution::In))
     }
 
     /// Whether BigQuery accepted `key` (and it is not pending again): a
     /// rejected key is not, so `dlq replay` can re-drive it.
     pub fn is_landed(&self, key: &DedupKey) -> Result<bool, WalError> {
-        Ok(matches!(self.resolution(key)?, Ok(Some(list)) if !list_rejected(&list)))
+        Ok(matches!(self.resolution(key)?, Resolution::In(list) if !list_rejected(&list)))
     }
 
     /// Applies `batch` atomically and returns once it is durable on disk.
@@ -637,13 +642,14 @@ impl Wal {
             }
         }
         // Keys resolved before: out of their older lists.
-        let mut edited: HashMap<Slot, (ListKey, Vec<[u8; 32]>)> = HashMap::new();
+        // (list, its keys, whether one left it: a prefix match alone changes nothing)
+        let mut edited: HashMap<Slot, (ListKey, Vec<[u8; 32]>, bool)> = HashMap::new();
         let mut left = 0u64;
         for key in lists.values().flatten() {
             let key = DedupKey(*key);
             let Some((slot, list)) = marks.candidate(&key) else { continue };
-            let keys = match edited.entry(slot) {
-                std::collections::hash_map::Entry::Occupied(e) => &mut e.into_mut().1,
+            let (_, keys, changed) = match edited.entry(slot) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let keys = match self.tree.get(list)? {
                         None => Vec::new(),
@@ -653,16 +659,17 @@ impl Wal {
                             .map(|k| k.try_into().unwrap_or_default())
                             .collect(),
                     };
-                    &mut e.insert((list, keys)).1
+                    e.insert((list, keys, false))
                 }
             };
             if let Ok(at) = keys.binary_search(&key.0) {
                 keys.remove(at);
+                *changed = true;
                 marks.remove(&key, slot, keys.as_flattened());
                 left += 1;
             }
         }
-        for (slot, (list, mut keys)) in edited {
+        for (slot, (list, mut keys, _)) in edited.into_iter().filter(|(_, (_, _, changed))| *changed) {
             if keys.is_empty() {
                 writes.remove(&list[..]);
                 marks.drop_list(slot, &[]);
@@ -754,6 +761,7 @@ impl Wal {
             self.db.flush()?;
         }
         // The lists past retention go whole; their keys leave the index.
+        // (`open` first, as everywhere both are taken.)
         let _open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         for item in self.tree.range(&[b'l'][..]..&end[..]) {

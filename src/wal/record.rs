@@ -52,14 +52,6 @@ pub enum Record {
     Rejected { at_ms: u64, seq: u64 },
 }
 
-impl Record {
-    pub fn seq(&self) -> u64 {
-        match self {
-            Record::Landed { seq, .. } | Record::Rejected { seq, .. } => *seq,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingRecord {
     /// The BigQuery table the row goes to (a log table or the dead-letter table).
