@@ -167,6 +167,10 @@ pub struct BenchReport {
     pub latency_rate_msgs_per_s: u64,
     pub peak_rss_mb: f64,
     pub peak_rss_mb_bigquery: f64,
+    /// Peak RSS of the bridge in phase (f): with 150 ms per insertAll the
+    /// most rows are in flight (reported, no target: the bound on memory is
+    /// `pipeline.max_inflight_bytes`, checked by the burst phase).
+    pub peak_rss_mb_blackhole_latency: f64,
     pub wal_bytes_per_change: f64,
     pub request_bytes_per_change_plain: f64,
     pub request_bytes_per_change_gzip: f64,
@@ -255,7 +259,7 @@ impl BenchReport {
              (c) bridge -> emulator {:>10.0} msgs/s {:>7.1} MB/s\n\
              (d) emulator insertAll {:>10.0} rows/s {:>7.1} MB/s   c/d = {:.2}\n\n\
              latency produce -> landed at {} msgs/s: p50 {:.0} ms, p99 {:.0} ms\n\
-             peak RSS: {:.0} MB (discard, backlog), {:.0} MB (emulator)\n\
+             peak RSS: {:.0} MB (discard, backlog), {:.0} MB (emulator), {:.0} MB (blackhole with latency)\n\
              WAL: {:.0} bytes per change\n\
              insertAll bytes per change: {:.0} plain JSON, {:.0} gzip ({:.2}x)\n\
              recovery with {} pending: {:.2} s to the first new commit\n\
@@ -284,6 +288,7 @@ impl BenchReport {
             self.latency_p99_ms,
             self.peak_rss_mb,
             self.peak_rss_mb_bigquery,
+            self.peak_rss_mb_blackhole_latency,
             self.wal_bytes_per_change,
             self.request_bytes_per_change_plain,
             self.request_bytes_per_change_gzip,
@@ -449,7 +454,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let bq = BigQuery::connect(&raw_bq_cfg.bigquery).await?;
     bq.ensure_all(&raw_bq_cfg).await?;
     let rows = log_rows(&raw_bq_cfg, opts.seed + 1, opts.bq_messages)?;
-    let d = raw::insert_all(&bq, &rows, raw_bq_cfg.bigquery.max_rows_per_request, raw_bq_cfg.bigquery.max_inflight_requests).await?;
+    let d = raw::insert_all(
+        &bq,
+        &rows,
+        raw_bq_cfg.bigquery.max_rows_per_request,
+        raw_bq_cfg.bigquery.max_inflight_requests,
+        raw_bq_cfg.bigquery.gzip_level,
+    )
+    .await?;
     r.emulator_raw_rows_per_s = d.per_s();
     r.emulator_raw_mb_per_s = d.mb_per_s();
     r.ratio_bigquery_vs_emulator_raw = r.bigquery_msgs_per_s / r.emulator_raw_rows_per_s.max(1e-9);
@@ -520,6 +532,9 @@ async fn blackhole(opts: &BenchOptions, ctx: &Ctx<'_>, partitions: i32, stamp: u
         let prog = watch(&mut b, &commits, n as i64, Duration::from_secs(1800)).await?;
         let started = b.started;
         drop(commits);
+        if delay > 0 {
+            r.peak_rss_mb_blackhole_latency = b.peak_rss_mb()?;
+        }
         b.stop().await?;
         anyhow::ensure!(proxy.stats().blackholed_requests > before, "no insertAll reached the blackhole in phase {name}");
         let rate = prog.rate(n as i64, started);
@@ -762,7 +777,7 @@ async fn merge_time(cfg: &Config, seed: u64, history: u64, new: u64) -> anyhow::
     let (max_rows, concurrency) = (cfg.bigquery.max_rows_per_request, cfg.bigquery.max_inflight_requests);
     let mut sim = Simulator::new(seed);
     let loaded = sim.full_load((history / sim.tables().len() as u64).max(1) as usize);
-    raw::insert_all(&bq, &rows_of(cfg, &loaded)?, max_rows, concurrency).await?;
+    raw::insert_all(&bq, &rows_of(cfg, &loaded)?, max_rows, concurrency, cfg.bigquery.gzip_level).await?;
     drop(loaded);
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let cfg = Arc::new(cfg.clone());
@@ -772,7 +787,7 @@ async fn merge_time(cfg: &Config, seed: u64, history: u64, new: u64) -> anyhow::
     }
     let changes = sim.changes(new as usize);
     tokio::time::sleep(cfg.merge.overlap + Duration::from_millis(500)).await;
-    raw::insert_all(&bq, &rows_of(&cfg, &changes)?, max_rows, concurrency).await?;
+    raw::insert_all(&bq, &rows_of(&cfg, &changes)?, max_rows, concurrency, cfg.bigquery.gzip_level).await?;
     let started = Instant::now();
     for res in merger.merge_all(false).await {
         res?;

@@ -56,9 +56,15 @@ pub fn consume(kafka: &KafkaConfig, target: u64) -> anyhow::Result<Rate> {
 }
 
 /// Sends `rows` per table in requests of `max_rows`, `concurrency` at a time,
-/// serialized and gzipped (level 6) per request as the bridge does, and
+/// serialized and gzipped (at `level`, the bridge's `bigquery.gzip_level`) per request as the bridge does, and
 /// counts the rows BigQuery accepted.
-pub async fn insert_all(bq: &BigQuery, tables: &[(String, Vec<LogRow>)], max_rows: usize, concurrency: usize) -> anyhow::Result<Rate> {
+pub async fn insert_all(
+    bq: &BigQuery,
+    tables: &[(String, Vec<LogRow>)],
+    max_rows: usize,
+    concurrency: usize,
+    level: u32,
+) -> anyhow::Result<Rate> {
     let now = crate::decode::value::format_timestamp_micros(crate::wal::now_ms() as i64 * 1000);
     let mut requests = Vec::new();
     for (table, rows) in tables {
@@ -72,7 +78,7 @@ pub async fn insert_all(bq: &BigQuery, tables: &[(String, Vec<LogRow>)], max_row
     let results: Vec<anyhow::Result<(u64, u64)>> = futures::stream::iter(requests)
         .map(|(table, rows, chunk)| async move {
             let n = chunk.len() as u64;
-            let body = gzip_body(rows, &chunk, now, 6)?;
+            let body = gzip_body(rows, &chunk, now, level)?;
             let sent = body.plain_len as u64;
             let resp = bq
                 .client
