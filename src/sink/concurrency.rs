@@ -18,6 +18,15 @@
 //!   latency within a few round trips of the start (4 -> 8 -> 16), where +1
 //!   per round trip took about 2 s; after a cut it probes back one step at a
 //!   time.
+//! - **No rise into a queue**: a rise also needs the window's mean round
+//!   trip within [`QUEUE_FACTOR`] of the base (the lowest window mean since
+//!   the last cut). A server that is itself the bottleneck (one process,
+//!   like the emulator) answers each request later the more are in flight:
+//!   there the limit holds instead of climbing to the ceiling and delaying
+//!   every batch behind its slowest request. The base is measured again
+//!   after a cut (a latency step up cuts, so the new latency becomes the
+//!   base); a slow drift above 1.5x the base without any cut holds the limit
+//!   where it is, never lowers it.
 //! - **Multiplicative decrease**: backpressure (HTTP 429, 5xx, timeouts,
 //!   connection errors) or an answer slower than [`SLOW_FACTOR`] times the
 //!   moving average of round trips cuts the limit to [`DECREASE`] of itself
@@ -43,6 +52,9 @@ pub const INITIAL_LIMIT: usize = 4;
 pub const SLOW_FACTOR: f64 = 2.0;
 /// What a decrease keeps of the limit.
 pub const DECREASE: f64 = 0.75;
+/// A window whose mean round trip exceeds the base round trip by this
+/// factor shows requests queueing at the server: the limit does not rise.
+pub const QUEUE_FACTOR: f64 = 1.5;
 /// Weight of a new round trip in the moving average.
 const EWMA_WEIGHT: f64 = 0.1;
 /// Round trips seen before slowness can cut the limit.
@@ -76,6 +88,11 @@ struct State {
     saturated: bool,
     /// Doubling on increase: true until the first decrease.
     slow_start: bool,
+    /// Sum of the current window's answered round trips, seconds.
+    window_rtt: f64,
+    /// The lowest window mean seen since the last cut: the round trip
+    /// without queueing.
+    base: Option<f64>,
 }
 
 /// The limiter; cheap to clone (shared state).
@@ -113,6 +130,8 @@ impl Concurrency {
                 answered: 0,
                 saturated: false,
                 slow_start: true,
+                window_rtt: 0.0,
+                base: None,
             })),
             released: Arc::new(Notify::new()),
         }
@@ -167,13 +186,28 @@ impl Concurrency {
                 if cut {
                     let down = ((s.limit as f64 * DECREASE).floor() as usize).max(1);
                     s.slow_start = false;
+                    // The latency may have stepped: the base is measured again.
+                    s.base = None;
                     set_limit(&mut s, down);
                 } else if outcome == Outcome::Answered {
                     s.answered += 1;
+                    s.window_rtt += rtt;
                     s.saturated |= p.saturated;
                     if s.answered >= s.limit && s.saturated && s.limit < s.max {
-                        let up = if s.slow_start { (s.limit * 2).min(s.max) } else { s.limit + 1 };
-                        set_limit(&mut s, up);
+                        let mean = s.window_rtt / s.answered as f64;
+                        let base = s.base.map_or(mean, |b| b.min(mean));
+                        if mean <= base * QUEUE_FACTOR {
+                            s.base = Some(base);
+                            let up = if s.slow_start { (s.limit * 2).min(s.max) } else { s.limit + 1 };
+                            set_limit(&mut s, up);
+                        } else {
+                            // More requests made each one slower (a saturated
+                            // server): hold the limit, measure a fresh window.
+                            s.base = Some(base);
+                            s.slow_start = false;
+                            let same = s.limit;
+                            set_limit(&mut s, same);
+                        }
                     }
                 }
             }
@@ -189,6 +223,7 @@ fn set_limit(s: &mut State, limit: usize) {
     s.window += 1;
     s.answered = 0;
     s.saturated = false;
+    s.window_rtt = 0.0;
 }
 
 impl Permit {
@@ -282,6 +317,24 @@ mod tests {
         // Once the average has caught up with 400 ms, it is not slow any more.
         rounds(&c, 60, Duration::from_millis(400), Outcome::Answered).await;
         assert!(c.limit() > low, "no recovery at the new latency: {low} -> {}", c.limit());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_later_the_more_it_is_sent_holds_the_limit_below_the_ceiling() {
+        // A saturated server: each request waits behind the others, so the
+        // round trip grows with the number in flight (25 ms per request).
+        let c = Concurrency::new(64, true);
+        for _ in 0..40 {
+            let rtt = Duration::from_millis(25 * c.limit() as u64);
+            rounds(&c, 1, rtt, Outcome::Answered).await;
+        }
+        // 4 -> 8 rises (the first window sets the base); at 8 the round trip
+        // is twice the base, so the limit holds there.
+        assert_eq!(c.limit(), INITIAL_LIMIT * 2, "climbed into the queue");
+        // The same number of rounds at a constant round trip reaches it.
+        let c = Concurrency::new(64, true);
+        rounds(&c, 40, Duration::from_millis(150), Outcome::Answered).await;
+        assert_eq!(c.limit(), 64);
     }
 
     #[tokio::test]
