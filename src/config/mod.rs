@@ -423,9 +423,9 @@ fn default_max_rows() -> usize {
 fn default_max_request_bytes() -> usize {
     9_000_000
 }
-/// Level 2 (zlib-rs's fast deflate): 0.16x of the plain JSON, against
-/// 0.15x at 6 for about a third of the CPU; level 1 (deflate_quick) gave
-/// 0.24x (docs/performance.md, "e/b").
+/// Level 2 (zlib-rs's fast deflate): 0.16-0.19x of the plain JSON, against
+/// 0.15-0.17x at 6 for about a third of the CPU; level 1 (deflate_quick)
+/// gave 0.24x (docs/performance.md, "e/b").
 fn default_gzip_level() -> u32 {
     2
 }

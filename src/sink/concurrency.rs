@@ -196,14 +196,13 @@ impl Concurrency {
                     if s.answered >= s.limit && s.saturated && s.limit < s.max {
                         let mean = s.window_rtt / s.answered as f64;
                         let base = s.base.map_or(mean, |b| b.min(mean));
+                        s.base = Some(base);
                         if mean <= base * QUEUE_FACTOR {
-                            s.base = Some(base);
                             let up = if s.slow_start { (s.limit * 2).min(s.max) } else { s.limit + 1 };
                             set_limit(&mut s, up);
                         } else {
                             // More requests made each one slower (a saturated
                             // server): hold the limit, measure a fresh window.
-                            s.base = Some(base);
                             s.slow_start = false;
                             let same = s.limit;
                             set_limit(&mut s, same);

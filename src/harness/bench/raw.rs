@@ -56,8 +56,8 @@ pub fn consume(kafka: &KafkaConfig, target: u64) -> anyhow::Result<Rate> {
 }
 
 /// Sends `rows` per table in requests of `max_rows`, `concurrency` at a time,
-/// serialized and gzipped (at `level`, the bridge's `bigquery.gzip_level`) per request as the bridge does, and
-/// counts the rows BigQuery accepted.
+/// serialized and gzipped (at `level`: the bridge's `bigquery.gzip_level`)
+/// per request as the bridge does, and counts the rows BigQuery accepted.
 pub async fn insert_all(
     bq: &BigQuery,
     tables: &[(String, Vec<LogRow>)],
