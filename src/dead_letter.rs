@@ -173,9 +173,9 @@ async fn reship_row(
     d: &DeadLetter,
     r: &RefusedRow,
 ) -> Result<Replayed, PipelineError> {
-    let json =
-        serde_json::from_slice(&r.json).map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
-    ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), LogRow { key: DedupKey(r.key), json })], &Origins::new()).await
+    let row = LogRow::from_text(DedupKey(r.key), &r.json)
+        .map_err(|e| PipelineError::BadRecord { key: DedupKey(r.key).to_hex(), message: e.to_string() })?;
+    ship_pending(cfg, wal, sink, metrics, d, vec![(r.table.clone(), row)], &Origins::new()).await
 }
 
 /// The same discipline as live traffic: pending first (this overrides a
@@ -192,7 +192,7 @@ async fn ship_pending(
 ) -> Result<Replayed, PipelineError> {
     let mut b = WalBatch::default();
     for (table, row) in &rows {
-        b.pending(&row.key, pending_record(table, row)?);
+        b.pending(&row.key, pending_record(table, row));
     }
     flush_durably(wal, b, metrics).await?;
     let n = rows.len();

@@ -311,6 +311,7 @@ impl Metrics {
             skipped = g(&self.skipped),
             requests = g(&self.requests),
             request_retries = g(&self.request_retries),
+            concurrency_limit = g(&self.concurrency_limit),
             untrusted_responses = g(&self.untrusted_responses),
             schema_propagation_retries = g(&self.schema_propagation_retries),
             recovered = g(&self.recovered),

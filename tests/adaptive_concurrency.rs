@@ -32,7 +32,7 @@ fn rows(task: usize, round: usize, n: usize) -> Vec<LogRow> {
             json.insert("_landfall_key".into(), Value::String(key.to_hex()));
             json.insert("_landfall_op".into(), Value::String("upsert".into()));
             json.insert("id".into(), Value::from(i as i64));
-            LogRow { key, json }
+            LogRow::new(key, &json)
         })
         .collect()
 }

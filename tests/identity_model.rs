@@ -204,7 +204,7 @@ fn land(rng: &mut StdRng, published: &[(i64, Vec<u8>)], order_by: OrderBy) -> (B
             let at = Coords { topic: "dms".into(), partition: p as i32, offset: offset as i64 };
             for row in build(&change, &route, &at).expect("builds") {
                 if wal.insert(row.key.0) {
-                    log.push(row.json);
+                    log.push(row.json());
                 }
             }
             // Sometimes the consumer restarts and reads a few offsets again.

@@ -52,7 +52,7 @@ fn rows(seed: u8, n: usize) -> Vec<LogRow> {
             json.insert("_landfall_op".into(), Value::String("upsert".into()));
             json.insert("id".into(), Value::from(i as i64));
             json.insert("label".into(), Value::String(format!("w{i}")));
-            LogRow { key, json }
+            LogRow::new(key, &json)
         })
         .collect()
 }

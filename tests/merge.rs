@@ -39,7 +39,7 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
         let Decoded::Row(c) = dms::decode(&payload, "before-image").unwrap() else { panic!() };
         let mut rows = build(&c, &route, &Coords { topic: "t".into(), partition: 0, offset }).unwrap();
         let r = rows.remove(0);
-        LogRow { key: insert_id.unwrap_or(r.key), json: r.json }
+        LogRow::new(insert_id.unwrap_or(r.key), &r.json())
     };
     let final_rows = || async { support::rows(bq, &format!("SELECT id, label FROM {} ORDER BY id", stack.table("widgets"))).await };
     let row = |id: &str, label: &str| vec![Some(id.to_owned()), Some(label.to_owned())];
@@ -58,7 +58,11 @@ async fn merge_is_deduplicated_monotonic_and_incremental() {
     // 2. An older change arriving later does not overwrite the newer one;
     //    the same change under a second insertId counts once.
     let dup = ship(change("update", 1, "v2", 20), Some(DedupKey([7; 32])));
-    assert_eq!(dup.json[COL_KEY], batch[1].json[COL_KEY], "the same change (same transaction details) at another offset: same dedup key");
+    assert_eq!(
+        dup.json()[COL_KEY],
+        batch[1].json()[COL_KEY],
+        "the same change (same transaction details) at another offset: same dedup key"
+    );
     let late = vec![ship(change("update", 1, "old", 15), None), dup, ship(change("delete", 2, "a", 5), None)];
     sink.ship(&route.log_table, &late).await.unwrap();
     let second = merger.merge_table(&route, false).await.unwrap();

@@ -36,7 +36,7 @@ async fn pending_wal_records_are_reshipped_with_their_insert_ids_and_land_once()
         for m in &read[..600] {
             let Plan::Rows(rows) = plan(cfg, m, &metrics) else { panic!("simulated messages are rows") };
             for (table, row) in rows {
-                batch.pending(&row.key, pending_record(&table, &row).unwrap());
+                batch.pending(&row.key, pending_record(&table, &row));
                 pending.push((table, row));
             }
         }
@@ -98,7 +98,7 @@ async fn a_row_refused_when_reshipped_after_a_restart_keeps_its_message_read_aga
     let Plan::Rows(rows) = plan(cfg, &read[0], &metrics) else { panic!("a widget change is a row") };
     let mut batch = WalBatch::default();
     for (table, row) in &rows {
-        batch.pending(&row.key, pending_record(table, row).unwrap());
+        batch.pending(&row.key, pending_record(table, row));
     }
     wal.flush(&batch).unwrap();
 

@@ -270,7 +270,7 @@ pub struct PipelineConfig {
     pub batch_max_wait: Duration,
     /// Batches between the WAL and BigQuery at once. A batch is done only
     /// when its slowest insertAll is, so with 150 ms between clouds fewer
-    /// (4) left the request limit unused (docs/performance.md,
+    /// (4, then 8) left the request limit unused (docs/performance.md,
     /// "f/e"). Memory stays bounded by `max_inflight_bytes`.
     #[serde(default = "default_inflight_batches")]
     pub max_inflight_batches: usize,
@@ -466,7 +466,7 @@ fn default_batch_wait() -> Duration {
     Duration::from_millis(50)
 }
 fn default_inflight_batches() -> usize {
-    8
+    16
 }
 /// 8 MiB: about one insertAll request's worth of rows per batch.
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;

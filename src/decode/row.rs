@@ -127,7 +127,7 @@ pub fn build_control(control: &Control, route: &TableConfig, at: &Coords) -> Res
     json.insert(COL_TOPIC.into(), Value::String(at.topic.clone()));
     json.insert(COL_PARTITION.into(), Value::from(at.partition));
     json.insert(COL_OFFSET.into(), Value::from(at.offset));
-    Ok(Some(LogRow { key, json }))
+    Ok(Some(LogRow::new(key, &json)))
 }
 
 /// Builds the log row(s) of a change for the table `route`.
@@ -146,7 +146,7 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
                     let order = order_value(change, order_by, Part::OldKeyDelete, at.partition, at.offset)?;
                     let mut old_row = old_pk.into_iter().collect::<Map<_, _>>();
                     bookkeeping(&mut old_row, key, Op::Delete, &order, change, at);
-                    rows.push(LogRow { key, json: old_row });
+                    rows.push(LogRow::new(key, &old_row));
                 }
             }
         }
@@ -158,7 +158,7 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
     if let Some(mask) = missing_keep_columns(change, route) {
         json.insert(COL_MISSING.into(), Value::from(mask));
     }
-    rows.push(LogRow { key, json });
+    rows.push(LogRow::new(key, &json));
     Ok(rows)
 }
 
@@ -281,7 +281,7 @@ mod tests {
     fn builds_a_row_with_bookkeeping() {
         let rows = build(&change("insert", r#"{"id":"7","name":"x"}"#, ""), &route(), &at(9)).unwrap();
         assert_eq!(rows.len(), 1);
-        let r = &rows[0].json;
+        let r = &rows[0].json();
         assert_eq!(r["id"], 7);
         assert_eq!(r[COL_OP], "U");
         assert_eq!(r[COL_KEY], rows[0].key.to_hex());
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn missing_columns_are_null_and_unknown_ones_rejected() {
         let rows = build(&change("update", r#"{"id":1}"#, ""), &route(), &at(1)).unwrap();
-        assert!(!rows[0].json.contains_key("name"));
+        assert!(!rows[0].json().contains_key("name"));
         let err = build(&change("update", r#"{"id":1,"extra":2}"#, ""), &route(), &at(1)).unwrap_err();
         assert!(matches!(err, Rejection::UnknownColumn { .. }), "{err}");
         let err = build(&change("update", r#"{"id":1,"x; DROP TABLE t":2}"#, ""), &route(), &at(1)).unwrap_err();
@@ -305,7 +305,7 @@ mod tests {
         assert!(matches!(err, Rejection::AmbiguousColumn { .. }), "{err}");
         assert!(err.to_string().contains("`ID`") && err.to_string().contains("`id`"), "{err}");
         // One spelling in another case is fine.
-        assert_eq!(build(&change("insert", r#"{"ID":1,"NAME":"x"}"#, ""), &route(), &at(1)).unwrap()[0].json["name"], "x");
+        assert_eq!(build(&change("insert", r#"{"ID":1,"NAME":"x"}"#, ""), &route(), &at(1)).unwrap()[0].json()["name"], "x");
     }
 
     #[test]
@@ -314,7 +314,7 @@ mod tests {
         route.columns.push(ColumnConfig::new("doc", ColumnType::String));
         route.keep_when_missing = vec!["name".into(), "doc".into()];
         let mask_in = |route: &TableConfig, op: &str, data: &str| {
-            build(&change(op, data, ""), route, &at(1)).unwrap()[0].json.get(COL_MISSING).cloned()
+            build(&change(op, data, ""), route, &at(1)).unwrap()[0].json().get(COL_MISSING).cloned()
         };
         let mask = |op: &str, data: &str| mask_in(&route, op, data);
         assert_eq!(mask("update", r#"{"id":1}"#), Some(Value::from(3)));
@@ -335,8 +335,8 @@ mod tests {
         let c = change("update", r#"{"id":2,"name":"x"}"#, r#","before-image":{"id":1}"#);
         let rows = build(&c, &route(), &at(5)).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].json["id"].clone(), rows[0].json[COL_OP].clone()), (Value::from(1), Value::from("D")));
-        assert_eq!((rows[1].json["id"].clone(), rows[1].json[COL_OP].clone()), (Value::from(2), Value::from("U")));
+        assert_eq!((rows[0].json()["id"].clone(), rows[0].json()[COL_OP].clone()), (Value::from(1), Value::from("D")));
+        assert_eq!((rows[1].json()["id"].clone(), rows[1].json()[COL_OP].clone()), (Value::from(2), Value::from("U")));
         assert_ne!(rows[0].key, rows[1].key);
         // Same key in the before image: one row.
         let c = change("update", r#"{"id":2,"name":"x"}"#, r#","before-image":{"id":2}"#);
@@ -382,13 +382,13 @@ mod tests {
 
     #[test]
     fn truncate_and_drop_markers_are_ordered_like_the_changes_around_them() {
-        let order = |row: &LogRow| row.json[COL_ORDER].as_str().unwrap().to_owned();
+        let order = |row: &LogRow| row.json()[COL_ORDER].as_str().unwrap().to_owned();
         // Timestamp ordering: after every change with its timestamp (any
         // partition), before every later change.
         let marker = build_control(&control("truncate-table", ""), &route(), &at(5)).unwrap().unwrap();
-        assert_eq!(marker.json[COL_OP], "T");
-        assert_eq!(marker.json[COL_KEY], marker.key.to_hex());
-        assert!(!marker.json.contains_key("id") && !marker.json.contains_key("name"), "no source columns");
+        assert_eq!(marker.json()[COL_OP], "T");
+        assert_eq!(marker.json()[COL_KEY], marker.key.to_hex());
+        assert!(!marker.json().contains_key("id") && !marker.json().contains_key("name"), "no source columns");
         let same_ts = change("insert", r#"{"id":1}"#, "");
         let mut later = same_ts.clone();
         later.timestamp_micros += 1;
@@ -396,7 +396,7 @@ mod tests {
         assert!(order_value(&same_ts, OrderBy::Timestamp, Part::OldKeyDelete, 9, 99).unwrap() < order(&marker));
         assert!(order(&marker) < order_value(&later, OrderBy::Timestamp, Part::Change, 0, 0).unwrap());
         let drop = build_control(&control("drop-table", ""), &route(), &at(6)).unwrap().unwrap();
-        assert_eq!(drop.json[COL_OP], "X");
+        assert_eq!(drop.json()[COL_OP], "X");
         // Position ordering: by its stream position, between the changes before and after it.
         let mut route = route();
         route.order_by = Some(OrderBy::MysqlBinlog);

@@ -102,7 +102,7 @@ pub async fn ship_and_land(
                 RowOutcome::Rejected(reason) if table != dead_letter_table => {
                     tracing::warn!(table, key = %row.key, reason, "row rejected by BigQuery; dead-lettering it");
                     let origin = origins.of(row).await;
-                    let mut d = refused_row_letter(table, row, origin.as_deref(), Rejection::RejectedBySink(reason).to_string())?;
+                    let mut d = refused_row_letter(table, row, origin.as_deref(), Rejection::RejectedBySink(reason).to_string());
                     d.at_ms = now;
                     batch.rejected(&row.key, now);
                     resolved.push(row.key);
@@ -127,7 +127,7 @@ pub async fn ship_and_land(
         let rows: Vec<LogRow> = dead.iter().map(dead_letter_row).collect();
         for (d, r) in dead.iter().zip(&rows) {
             batch.dead_letter(d);
-            batch.pending(&r.key, pending_record(dead_letter_table, r)?);
+            batch.pending(&r.key, pending_record(dead_letter_table, r));
         }
         for d in &dead {
             metrics.dead_letter(d.stage.name());

@@ -12,7 +12,7 @@ use crate::key::DedupKey;
 use crate::table::*;
 use crate::wal::{now_ms, DeadLetter, KafkaMessage, RefusedRow, Stage};
 
-use super::{Msg, PipelineError};
+use super::Msg;
 
 /// Dead letters keep at most this much of the message value (plus its hash and length).
 pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 256 * 1024;
@@ -40,14 +40,10 @@ pub fn dead_letter(msg: &Msg, reason: String) -> DeadLetter {
 /// A row BigQuery refused, with the message it came from when that is at
 /// hand (not for a row re-shipped after a restart whose message could not
 /// be read again).
-pub fn refused_row_letter(table: &str, row: &LogRow, msg: Option<&Msg>, reason: String) -> Result<DeadLetter, PipelineError> {
-    let at = msg.map(Msg::coords).unwrap_or_else(|| coords_of(&row.json));
-    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
-        table: table.to_owned(),
-        key: row.key.to_hex(),
-        message: e.to_string(),
-    })?;
-    Ok(letter(at, Stage::BigQuery, reason, msg.map(kept_message), Some(RefusedRow { table: table.to_owned(), key: row.key.0, json })))
+pub fn refused_row_letter(table: &str, row: &LogRow, msg: Option<&Msg>, reason: String) -> DeadLetter {
+    let at = msg.map(Msg::coords).unwrap_or_else(|| coords_of(&row.json()));
+    let json = row.text().to_vec();
+    letter(at, Stage::BigQuery, reason, msg.map(kept_message), Some(RefusedRow { table: table.to_owned(), key: row.key.0, json }))
 }
 
 fn letter(at: Coords, stage: Stage, reason: String, message: Option<KafkaMessage>, row: Option<RefusedRow>) -> DeadLetter {
@@ -98,7 +94,7 @@ pub fn dead_letter_row(d: &DeadLetter) -> LogRow {
         json.insert(COL_DL_ROW.into(), Value::String(text));
     }
     json.insert(COL_DL_AT.into(), Value::String(crate::decode::value::format_timestamp_micros(d.at_ms as i64 * 1000)));
-    LogRow { key, json }
+    LogRow::new(key, &json)
 }
 
 /// The Kafka coordinates a log row records.

@@ -89,11 +89,6 @@ pub enum PipelineError {
     BadRecord { key: String, message: String },
     #[error("a WAL task failed: {0}")]
     Task(String),
-    #[error(
-        "a row for {table} (key {key}) cannot be serialized as JSON ({message}); nothing was written or acknowledged for it. \
-         This is a bug: report it with this message; a restart re-reads the message from the last committed offset"
-    )]
-    RowEncode { table: String, key: String, message: String },
     /// Shutdown came while a batch waited for schema evolution: nothing of
     /// the batch was begun or acknowledged (its messages are read again).
     #[error("shutdown requested while columns were being added; the batch was not begun")]

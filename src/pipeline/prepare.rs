@@ -78,7 +78,7 @@ pub fn plan(cfg: &Config, msg: &Msg, metrics: &Metrics) -> Plan {
                     // own, leaving the rest of its change (the delete half of
                     // a primary-key change) applied: the message goes whole.
                     for r in &rows {
-                        let size = crate::sink::request::row_request_bytes(&r.json);
+                        let size = crate::sink::request::row_request_bytes(r);
                         if size > cfg.bigquery.max_request_bytes {
                             return Err(Rejection::RowTooLarge {
                                 table: route.log_table.clone(),
@@ -266,7 +266,7 @@ pub async fn prepare(
                 match wal.state(&row.key)? {
                     KeyState::Resolved => absorbed += 1,
                     KeyState::Absent | KeyState::Pending => {
-                        wal_batch.pending(&row.key, pending_record(&table, &row)?);
+                        wal_batch.pending(&row.key, pending_record(&table, &row));
                         p.wait_for(&mut reg, row.key);
                         if table != cfg.bigquery.dead_letter_table {
                             origins.insert(row.key, msg.clone());
@@ -349,7 +349,7 @@ impl Origins {
         }
         use std::sync::atomic::Ordering::Relaxed;
         let cfg = self.reread.clone().filter(|_| !self.reread_failed.load(Relaxed))?;
-        let at = coords_of(&row.json);
+        let at = coords_of(&row.json());
         let key = row.key;
         let read = tokio::task::spawn_blocking(move || {
             let msg = kafka::read_one(&cfg.kafka, &at.topic, at.partition, at.offset, Duration::from_secs(10))?;
@@ -389,13 +389,8 @@ pub fn group(rows: impl IntoIterator<Item = (String, LogRow)>) -> Groups {
     v
 }
 
-/// The WAL record of a row to ship. A row that does not serialize is an
-/// error, never an empty record (which recovery would refuse as damaged).
-pub fn pending_record(table: &str, row: &LogRow) -> Result<PendingRecord, PipelineError> {
-    let json = serde_json::to_vec(&row.json).map_err(|e| PipelineError::RowEncode {
-        table: table.to_owned(),
-        key: row.key.to_hex(),
-        message: e.to_string(),
-    })?;
-    Ok(PendingRecord { table: table.to_owned(), row: json, written_at_ms: now_ms() })
+/// The WAL record of a row to ship: the row's JSON text, as it was encoded
+/// when the row was built.
+pub fn pending_record(table: &str, row: &LogRow) -> PendingRecord {
+    PendingRecord { table: table.to_owned(), row: row.text().to_vec(), written_at_ms: now_ms() }
 }

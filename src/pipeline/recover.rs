@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use crate::config::Config;
 use crate::key::DedupKey;
 use crate::metrics::Metrics;
@@ -54,9 +52,9 @@ pub async fn recover(wal: &Wal, sink: &Arc<dyn Sink>, cfg: &Arc<Config>, metrics
         let n = chunk.len();
         let mut rows = Vec::with_capacity(n);
         for (key, rec) in chunk {
-            let json: Map<String, Value> =
-                serde_json::from_slice(&rec.row).map_err(|e| PipelineError::BadRecord { key: key.to_hex(), message: e.to_string() })?;
-            rows.push((rec.table, LogRow { key, json }));
+            let row =
+                LogRow::from_text(key, &rec.row).map_err(|e| PipelineError::BadRecord { key: key.to_hex(), message: e.to_string() })?;
+            rows.push((rec.table, row));
         }
         tracing::info!(records = n, "re-shipping pending WAL records");
         let origins = Origins::reading_kafka(cfg.clone());

@@ -15,7 +15,7 @@
 //!   reached while they ran, it rises: it doubles (up to the maximum) until
 //!   the first decrease, as TCP's slow start does, and rises by one per
 //!   window after that. With 150 ms between clouds the limit covers the
-//!   latency within a few round trips of the start (4 -> 8 -> 16), where +1
+//!   latency within two round trips of the start (16 -> 32 -> 64), where +1
 //!   per round trip took about 2 s; after a cut it probes back one step at a
 //!   time.
 //! - **No rise into a queue**: a rise also needs the window's mean round
@@ -45,8 +45,12 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-/// Where the limit starts (a fixed limit of 4 was the default before).
-pub const INITIAL_LIMIT: usize = 4;
+/// Where the limit starts. With 150 ms between clouds each doubling of slow
+/// start costs a round trip: from 4 (the fixed limit of the first releases)
+/// the climb to 64 took four, a fifth of a 200k-message backlog's drain in
+/// the bench (docs/performance.md, "f/e"). A server that cannot take 16 at
+/// once answers 429 or slowly, and the first window cuts.
+pub const INITIAL_LIMIT: usize = 16;
 /// A round trip this many times slower than the moving average is a sign of
 /// saturation.
 pub const SLOW_FACTOR: f64 = 2.0;
@@ -264,17 +268,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_limit_climbs_while_requests_fill_it_and_answer_in_time() {
-        let c = Concurrency::new(32, true);
+        let c = Concurrency::new(1024, true);
         assert_eq!(c.limit(), INITIAL_LIMIT);
         // Slow start: doubles per saturated round, never above the maximum.
         rounds(&c, 1, Duration::from_millis(150), Outcome::Answered).await;
         assert_eq!(c.limit(), INITIAL_LIMIT * 2, "doubles in slow start");
         rounds(&c, 1, Duration::from_millis(150), Outcome::Answered).await;
         assert_eq!(c.limit(), INITIAL_LIMIT * 4);
+        let c = Concurrency::new(INITIAL_LIMIT * 3, true);
         rounds(&c, 40, Duration::from_millis(150), Outcome::Answered).await;
-        assert_eq!(c.limit(), 32, "never above the maximum");
+        assert_eq!(c.limit(), INITIAL_LIMIT * 3, "never above the maximum");
         // After the first cut the climb is one step per saturated round.
-        let c = Concurrency::new(64, true);
+        let c = Concurrency::new(1024, true);
         rounds(&c, 3, Duration::from_millis(150), Outcome::Answered).await;
         assert_eq!(c.limit(), INITIAL_LIMIT * 8);
         rounds(&c, 1, Duration::from_millis(150), Outcome::Backpressure).await;
@@ -283,11 +288,13 @@ mod tests {
         rounds(&c, 10, Duration::from_millis(150), Outcome::Answered).await;
         assert_eq!(c.limit(), cut + 10, "one step per saturated round after a cut");
         // Requests that do not fill the limit do not raise it.
-        let c = Concurrency::new(32, true);
+        let c = Concurrency::new(1024, true);
         for _ in 0..20 {
             c.acquire().await.done(Outcome::Answered);
         }
         assert_eq!(c.limit(), INITIAL_LIMIT);
+        // A maximum below the start is where it starts.
+        assert_eq!(Concurrency::new(3, true).limit(), 3);
     }
 
     #[tokio::test]
@@ -322,18 +329,18 @@ mod tests {
     async fn a_server_that_answers_later_the_more_it_is_sent_holds_the_limit_below_the_ceiling() {
         // A saturated server: each request waits behind the others, so the
         // round trip grows with the number in flight (25 ms per request).
-        let c = Concurrency::new(64, true);
+        let c = Concurrency::new(256, true);
         for _ in 0..40 {
             let rtt = Duration::from_millis(25 * c.limit() as u64);
             rounds(&c, 1, rtt, Outcome::Answered).await;
         }
-        // 4 -> 8 rises (the first window sets the base); at 8 the round trip
-        // is twice the base, so the limit holds there.
+        // 16 -> 32 rises (the first window sets the base); at 32 the round
+        // trip is twice the base, so the limit holds there.
         assert_eq!(c.limit(), INITIAL_LIMIT * 2, "climbed into the queue");
         // The same number of rounds at a constant round trip reaches it.
-        let c = Concurrency::new(64, true);
+        let c = Concurrency::new(256, true);
         rounds(&c, 40, Duration::from_millis(150), Outcome::Answered).await;
-        assert_eq!(c.limit(), 64);
+        assert_eq!(c.limit(), 256);
     }
 
     #[tokio::test]

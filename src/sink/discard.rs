@@ -43,7 +43,7 @@ mod tests {
     async fn every_row_lands_and_is_counted() {
         let metrics = SharedMetrics::default();
         let sink = DiscardSink::new(metrics.clone());
-        let rows: Vec<LogRow> = (0..3u8).map(|i| LogRow { key: DedupKey([i; 32]), json: Default::default() }).collect();
+        let rows: Vec<LogRow> = (0..3u8).map(|i| LogRow::new(DedupKey([i; 32]), &Default::default())).collect();
         assert_eq!(sink.ship("t", &rows).await.unwrap(), vec![RowOutcome::Landed; 3]);
         assert_eq!(Metrics::get(&metrics.shipped), 3);
     }

@@ -1,16 +1,13 @@
 //! Building insertAll requests: rows are split into requests within the row
-//! and byte limits ([`plan_requests`]), and each request body is serialized
-//! straight from the rows into a gzip stream ([`gzip_body`]): no row is
-//! copied, `_landfall_ingested` is added on the way, and the insertId of each
-//! row is its dedup key.
+//! and byte limits ([`plan_requests`]), and each request body is written
+//! from the rows' JSON text into a gzip stream ([`gzip_body`]): no row is
+//! encoded again, `_landfall_ingested` is added on the way, and the insertId
+//! of each row is its dedup key.
 
 use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
-use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::table::{LogRow, COL_INGESTED};
 
@@ -26,78 +23,50 @@ pub struct Body {
     pub plain_len: usize,
 }
 
-/// Serializes the insertAll request for `rows[indices]` straight into a gzip
-/// stream: no row is copied, `_landfall_ingested` is added on the way, and
+/// Writes the insertAll request for `rows[indices]` straight into a gzip
+/// stream: each row's JSON text is copied in as it was encoded when the row
+/// was built, `_landfall_ingested` is added before its closing brace, and
 /// the insertId of each row is its dedup key.
 pub fn gzip_body(rows: &[LogRow], indices: &[usize], ingested: &str, level: u32) -> std::io::Result<Body> {
-    // serde_json writes in pieces of a few bytes, and each write reaching the
-    // encoder is one deflate call that first zeroes the output buffer's spare
-    // capacity (32 KiB): unbuffered, that zeroing was 42 % of the bridge's CPU
-    // on the HTTP path (docs/performance.md). The buffer makes it one call per
-    // 64 KiB of JSON.
+    // Each write reaching the encoder is one deflate call that first zeroes
+    // the output buffer's spare capacity (32 KiB): with writes of a few bytes,
+    // that zeroing was 42 % of the bridge's CPU on the HTTP path
+    // (docs/performance.md). The buffer makes it one call per 64 KiB of JSON.
     let gzip = GzEncoder::new(Vec::new(), Compression::new(level));
     let mut out = Counting { inner: std::io::BufWriter::with_capacity(GZIP_INPUT_BUFFER, gzip), written: 0 };
-    serde_json::to_writer(&mut out, &Request { rows, indices, ingested })?;
+    write_request(&mut out, rows, indices, ingested)?;
     let gzip = out.inner.into_inner().map_err(std::io::IntoInnerError::into_error)?;
     Ok(Body { plain_len: out.written, gzipped: gzip.finish()? })
 }
 
 /// `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[{"insertId":..,"json":{..}}]}`
-struct Request<'a> {
-    rows: &'a [LogRow],
-    indices: &'a [usize],
-    ingested: &'a str,
-}
-
-impl Serialize for Request<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("skipInvalidRows", &false)?;
-        m.serialize_entry("ignoreUnknownValues", &false)?;
-        m.serialize_entry("rows", &Rows(self))?;
-        m.end()
-    }
-}
-
-struct Rows<'a, 'b>(&'b Request<'a>);
-
-impl Serialize for Rows<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
-        let mut seq = s.serialize_seq(Some(r.indices.len()))?;
-        for &i in r.indices {
-            seq.serialize_element(&Row { row: &r.rows[i], ingested: r.ingested })?;
+fn write_request(out: &mut impl Write, rows: &[LogRow], indices: &[usize], ingested: &str) -> std::io::Result<()> {
+    // `"_landfall_ingested":"<ingested>"}}`, the same for every row.
+    let mut tail = Vec::with_capacity(64);
+    serde_json::to_writer(&mut tail, COL_INGESTED)?;
+    tail.push(b':');
+    serde_json::to_writer(&mut tail, ingested)?;
+    tail.extend_from_slice(b"}}");
+    out.write_all(br#"{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":["#)?;
+    for (n, &i) in indices.iter().enumerate() {
+        let row = &rows[i];
+        if n > 0 {
+            out.write_all(b",")?;
         }
-        seq.end()
-    }
-}
-
-struct Row<'a> {
-    row: &'a LogRow,
-    ingested: &'a str,
-}
-
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("insertId", &self.row.key.to_hex())?;
-        m.serialize_entry("json", &Json(self))?;
-        m.end()
-    }
-}
-
-struct Json<'a, 'b>(&'b Row<'a>);
-
-impl Serialize for Json<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let json = &self.0.row.json;
-        let mut m = s.serialize_map(Some(json.len() + 1))?;
-        for (k, v) in json.iter().filter(|(k, _)| k.as_str() != COL_INGESTED) {
-            m.serialize_entry(k, v)?;
+        out.write_all(br#"{"insertId":""#)?;
+        out.write_all(row.key.to_hex().as_bytes())?;
+        out.write_all(br#"","json":"#)?;
+        // The text is a whole object, `{}` or `{..}`: its closing brace is
+        // replaced by the ingested column's entry (and the brace).
+        let text = row.text();
+        let open = &text[..text.len().saturating_sub(1)];
+        out.write_all(open)?;
+        if open.len() > 1 {
+            out.write_all(b",")?;
         }
-        m.serialize_entry(COL_INGESTED, self.0.ingested)?;
-        m.end()
+        out.write_all(&tail)?;
     }
+    out.write_all(b"]}")
 }
 
 /// Counts the bytes written through it.
@@ -117,15 +86,10 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// The bytes a row takes in an insertAll request (its JSON plus the
-/// envelope estimate), counted without building the JSON. A row that does not
-/// serialize counts as too large for any request.
-pub fn row_request_bytes(json: &Map<String, Value>) -> usize {
-    let mut counter = Counting { inner: std::io::sink(), written: 0 };
-    match serde_json::to_writer(&mut counter, json) {
-        Ok(()) => counter.written + ROW_OVERHEAD,
-        Err(_) => usize::MAX / 2,
-    }
+/// The bytes a row takes in an insertAll request: its JSON text plus the
+/// envelope estimate.
+pub fn row_request_bytes(row: &LogRow) -> usize {
+    row.text().len() + ROW_OVERHEAD
 }
 
 /// Splits rows into requests within the row and byte limits. Rows that are
@@ -136,7 +100,7 @@ pub fn plan_requests(rows: &[LogRow], max_rows: usize, max_bytes: usize) -> (Vec
     let mut current = Vec::new();
     let mut bytes = 0;
     for (i, row) in rows.iter().enumerate() {
-        let size = row_request_bytes(&row.json);
+        let size = row_request_bytes(row);
         if size > max_bytes {
             oversized.push((i, size));
             continue;
@@ -158,11 +122,12 @@ pub fn plan_requests(rows: &[LogRow], max_rows: usize, max_bytes: usize) -> (Vec
 mod tests {
     use super::*;
     use crate::key::DedupKey;
+    use serde_json::{Map, Value};
 
     fn row(n: usize) -> LogRow {
         let mut json = Map::new();
         json.insert("v".into(), Value::String("x".repeat(n)));
-        LogRow { key: DedupKey([n as u8; 32]), json }
+        LogRow::new(DedupKey([n as u8; 32]), &json)
     }
 
     #[test]
@@ -186,6 +151,35 @@ mod tests {
             assert_eq!(r["json"]["v"].as_str().map(str::len), Some(1000 + i));
             assert_eq!(r["json"][COL_INGESTED], "2026-12-07 10:00:00.000000");
         }
+    }
+
+    #[test]
+    fn each_row_is_its_columns_and_the_ingested_column_even_without_columns() {
+        use std::io::Read;
+        let mut full = Map::new();
+        full.insert("id".into(), Value::from(7));
+        full.insert("name".into(), Value::String("a \"quoted\" \u{7} name".into()));
+        full.insert("nested".into(), serde_json::json!({"a": [1, null, "}"]}));
+        // A row kept with an ingested column of an earlier attempt has it replaced.
+        full.insert(COL_INGESTED.into(), Value::String("1999-01-01 00:00:00".into()));
+        let rows = vec![LogRow::new(DedupKey([1; 32]), &full), LogRow::new(DedupKey([2; 32]), &Map::new())];
+        let body = gzip_body(&rows, &[1, 0], "2026-12-07 10:00:00.000000", 2).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&body.gzipped[..]).read_to_end(&mut plain).unwrap();
+        let got: Value = serde_json::from_slice(&plain).unwrap();
+        let expected = serde_json::json!({
+            "skipInvalidRows": false,
+            "ignoreUnknownValues": false,
+            "rows": [
+                {"insertId": "02".repeat(32), "json": {"_landfall_ingested": "2026-12-07 10:00:00.000000"}},
+                {"insertId": "01".repeat(32), "json": {
+                    "id": 7, "name": "a \"quoted\" \u{7} name", "nested": {"a": [1, null, "}"]},
+                    "_landfall_ingested": "2026-12-07 10:00:00.000000"}},
+            ]
+        });
+        assert_eq!(got, expected);
+        // No key twice in a row object (a parser keeping the first would take the stale stamp).
+        assert_eq!(String::from_utf8(plain).unwrap().matches(COL_INGESTED).count(), 2);
     }
 
     #[test]

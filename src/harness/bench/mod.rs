@@ -758,7 +758,7 @@ fn build_pending(cfg: &Config, bootstrap: &str, partitions: i32, n: u64) -> anyh
         if let Plan::Rows(rows) = plan(cfg, &msg, &metrics) {
             for (table, row) in rows {
                 let ship = row;
-                batch.pending(&ship.key, pending_record(&table, &ship)?);
+                batch.pending(&ship.key, pending_record(&table, &ship));
                 records += 1;
             }
         }
