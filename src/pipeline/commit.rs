@@ -16,16 +16,29 @@ use super::Msg;
 
 /// Drops messages of revoked partitions that were read but not yet prepared
 /// (the rebalance callback already settled their partitions' progress; the
-/// next owner reads them again). Returns whether any was dropped.
-pub(super) fn drain_rebalance_events(ctx: &kafka::SourceContext, batch: &mut Vec<Msg>) -> bool {
+/// next owner reads them again). Returns the partitions revoked since the
+/// last call, so that a batch being planned meanwhile drops theirs too
+/// ([`drop_revoked`]).
+pub(super) fn drain_rebalance_events(ctx: &kafka::SourceContext, batch: &mut Vec<Msg>) -> Vec<TopicPartition> {
     let events: Vec<RebalanceEvent> = std::mem::take(&mut *ctx.events.lock().unwrap_or_else(|e| e.into_inner()));
-    let before = batch.len();
+    let mut revoked = Vec::new();
     for e in events {
         if let RebalanceEvent::Revoked(parts) = e {
-            batch.retain(|m| !parts.iter().any(|(t, p)| t == &m.topic && *p == m.partition));
+            revoked.extend(parts);
         }
     }
-    batch.len() != before
+    drop_revoked(batch, &revoked, |m| m);
+    revoked
+}
+
+/// Drops the items (messages, or messages with their plans) of `revoked` partitions.
+pub(super) fn drop_revoked<T>(items: &mut Vec<T>, revoked: &[TopicPartition], msg: impl Fn(&T) -> &Msg) {
+    if !revoked.is_empty() {
+        items.retain(|i| {
+            let m = msg(i);
+            !revoked.iter().any(|(t, p)| t == &m.topic && *p == m.partition)
+        });
+    }
 }
 
 /// The commit points handed out so far (to re-send them).

@@ -1,9 +1,16 @@
 //! The select loop: reads messages into batches (bounded in messages and
-//! bytes), prepares each batch, and hands it to a task of its own that
-//! flushes its pending records, ships and lands them, then completes its
-//! messages and commits; meanwhile the loop reads the next batch. It also
-//! drains on shutdown (bounded), re-sends commit points, prunes the WAL and
-//! logs the counters' summary.
+//! bytes), plans each batch (decodes it) on a task of its own while it reads
+//! the next, prepares the planned batch, and hands it to a task of its own
+//! that flushes its pending records, ships and lands them, then completes
+//! its messages and commits. It also drains on shutdown (bounded), re-sends
+//! commit points, prunes the WAL and logs the counters' summary.
+//!
+//! One batch is planned at a time and batches are prepared in the order
+//! they were read, so the WAL, the in-flight keys and the commit point see
+//! them exactly as without the planning task. A partition revoked while its
+//! messages were being planned is settled by the rebalance callback without
+//! them (they are not registered yet); they are dropped before the batch is
+//! prepared, and the next owner reads them again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +24,13 @@ use crate::metrics::{Metrics, SharedMetrics};
 use crate::sink::Sink;
 use crate::source::kafka;
 use crate::source::progress::{self, SharedProgress};
-use crate::wal::{now_ms, Wal};
+use crate::source::tracker::TopicPartition;
+use crate::wal::{now_ms, Wal, WalBatch};
 
-use super::commit::{commit_ready, committed_points, drain_rebalance_events};
+use super::commit::{commit_ready, committed_points, drain_rebalance_events, drop_revoked};
 use super::evolve::plan_all;
 use super::land::{blocking, flush_durably, ship_and_land, Shipped};
-use super::prepare::{msg_bytes, prepare, Prepared};
+use super::prepare::{msg_bytes, prepare, Groups, Origins, Plan, Prepared};
 use super::recover::{recover, Recovered};
 use super::{Msg, PipelineError, Stopped};
 
@@ -31,6 +39,67 @@ struct BatchDone {
     result: Result<Shipped, PipelineError>,
     /// The message bytes of the batch, released now that its task is over.
     bytes: usize,
+}
+
+/// What planning a batch gives: the config to go on with (grown by schema
+/// evolution) and each message with its plan.
+type PlannedBatch = (Arc<Config>, Result<Vec<(Msg, Plan)>, PipelineError>);
+
+/// A batch being planned (decoded) on a task of its own.
+struct Planning {
+    task: tokio::task::JoinHandle<PlannedBatch>,
+    /// Its message bytes, counted in flight from the moment it was read.
+    bytes: usize,
+    produced: Vec<i64>,
+}
+
+/// The planned batch, once its task ends (never, without one).
+async fn planned_batch(planning: &mut Option<Planning>) -> Result<PlannedBatch, tokio::task::JoinError> {
+    match planning {
+        Some(p) => (&mut p.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a batch's ship task needs.
+struct Ship {
+    wal: Wal,
+    sink: Arc<dyn Sink>,
+    metrics: SharedMetrics,
+    progress: SharedProgress,
+    consumer: Arc<kafka::Consumer>,
+    dead_letter_table: String,
+}
+
+impl Ship {
+    /// Spawns the batch's own task: it makes the pending records durable,
+    /// ships them and lands them, while the loop reads and prepares the next
+    /// batch. Its messages are registered as waiting for its keys, so
+    /// neither they nor a duplicate of one of its changes complete before
+    /// all of that is done.
+    fn spawn(self, groups: Groups, wal_batch: WalBatch, origins: Origins, produced: Vec<i64>, bytes: usize, tx: mpsc::Sender<BatchDone>) {
+        let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
+        let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
+        let Ship { wal, sink, metrics, progress, consumer, dead_letter_table } = self;
+        tokio::spawn(
+            async move {
+                let result = async {
+                    flush_durably(&wal, wal_batch, &metrics).await?;
+                    crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
+                    ship_and_land(&wal, &sink, &dead_letter_table, groups, &origins, &metrics).await
+                }
+                .await;
+                if let Ok(Shipped::Resolved(resolved)) = &result {
+                    // Step 5: complete the messages, commit.
+                    progress::lock(&progress).resolve(&resolved.keys);
+                    commit_ready(&consumer, &progress, &metrics);
+                    metrics.latency.record_since(&produced, now_ms() as i64);
+                }
+                let _ = tx.send(BatchDone { result, bytes }).await;
+            }
+            .instrument(span),
+        );
+    }
 }
 
 /// Whether the batch being read takes another message: it is not full (in
@@ -82,80 +151,58 @@ pub async fn run(
     // One stream for the whole run: `recv()` registers and drops a waker
     // slot per message.
     let mut messages = consumer.stream();
+    // The batch being planned (at most one), and the partitions revoked
+    // meanwhile, whose messages it drops before it is prepared.
+    let mut planning: Option<Planning> = None;
+    let mut revoked_while_planning: Vec<TopicPartition> = Vec::new();
+
+    // Whether the batch being read is to be planned now: it is full, its
+    // wait is over, or the bridge is stopping.
+    macro_rules! flush_due {
+        () => {
+            !batch.is_empty()
+                && (batch.len() >= cfg.pipeline.batch_max_messages
+                    || batch_bytes >= cfg.pipeline.batch_max_bytes
+                    || stopping
+                    || deadline.is_some_and(|d| d <= tokio::time::Instant::now()))
+        };
+    }
+    // Step 1 on a task of its own: the loop reads the next batch (and
+    // prepares the one before) while this one is decoded. One batch is
+    // planned at a time, so batches are prepared in the order they were
+    // read, each with the config the batches before it left (schema
+    // evolution). Its bytes count in flight from now on.
+    macro_rules! start_planning {
+        () => {{
+            let msgs = std::mem::take(&mut batch);
+            let bytes = std::mem::take(&mut batch_bytes);
+            deadline = None;
+            let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
+            metrics.record_consumed(&msgs);
+            batches_in_flight += 1;
+            shipping_bytes += bytes;
+            let span = tracing::debug_span!("plan_batch", messages = msgs.len());
+            let (mut with, sink, metrics, shutdown) = (live.clone(), sink.clone(), metrics.clone(), shutdown.clone());
+            let task = tokio::spawn(
+                async move {
+                    let planned = plan_all(&mut with, &*sink, msgs, &metrics, &shutdown).await;
+                    (with, planned)
+                }
+                .instrument(span),
+            );
+            planning = Some(Planning { task, bytes, produced });
+        }};
+    }
 
     loop {
         if stopping && batch.is_empty() && batches_in_flight == 0 {
             break;
         }
         let p = &cfg.pipeline;
-        let batch_full = batch.len() >= p.batch_max_messages || batch_bytes >= p.batch_max_bytes;
         let can_read = !stopping && batches_in_flight < p.max_inflight_batches && room(p, batch.len(), batch_bytes, shipping_bytes);
-        let flush_now = !batch.is_empty() && (batch_full || stopping || deadline.is_some_and(|d| d <= tokio::time::Instant::now()));
-        if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches {
-            let msgs = std::mem::take(&mut batch);
-            let bytes = std::mem::take(&mut batch_bytes);
-            deadline = None;
-            let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
-            metrics.record_consumed(&msgs);
-            let span = tracing::debug_span!("prepare_batch", messages = msgs.len());
-            let planned = match plan_all(&mut live, &*sink, msgs, &metrics, &shutdown).instrument(span.clone()).await {
-                Ok(planned) => planned,
-                Err(PipelineError::Shutdown) => {
-                    // Schema evolution was waiting for BigQuery: nothing of
-                    // the batch was begun, so it is left for the next start.
-                    if !stopping {
-                        stopping = true;
-                        drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
-                    }
-                    tracing::info!(
-                        in_flight = batches_in_flight,
-                        "shutdown while columns were being added: the batch is read again at the next start"
-                    );
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let Prepared { groups, wal_batch, origins } = prepare(&live, &wal, &metrics, &progress, planned).instrument(span).await?;
-            if groups.is_empty() {
-                // Nothing to ship: only counters (and dead letters already
-                // resolved) to make durable before the messages complete.
-                flush_durably(&wal, wal_batch, &metrics).await?;
-                commit_ready(&consumer, &progress, &metrics);
-                metrics.latency.record_since(&produced, now_ms() as i64);
-                metrics.set_inflight_bytes(shipping_bytes);
-            } else {
-                commit_ready(&consumer, &progress, &metrics);
-                batches_in_flight += 1;
-                shipping_bytes += bytes;
-                let (wal, sink, metrics, tx) = (wal.clone(), sink.clone(), metrics.clone(), done_tx.clone());
-                let (progress, consumer) = (progress.clone(), consumer.clone());
-                let dead_letter_table = cfg.bigquery.dead_letter_table.clone();
-                let rows: usize = groups.iter().map(|(_, r)| r.len()).sum();
-                let span = tracing::info_span!("ship_batch", rows, tables = groups.len());
-                // The batch's own task makes its pending records durable, ships
-                // them and lands them, while the loop reads and prepares the next
-                // batch. Its messages are registered as waiting for its keys, so
-                // neither they nor a duplicate of one of its changes complete
-                // before all of that is done.
-                tokio::spawn(
-                    async move {
-                        let result = async {
-                            flush_durably(&wal, wal_batch, &metrics).await?;
-                            crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
-                            ship_and_land(&wal, &sink, &dead_letter_table, groups, &origins, &metrics).await
-                        }
-                        .await;
-                        if let Ok(Shipped::Resolved(resolved)) = &result {
-                            // Step 5: complete the messages, commit.
-                            progress::lock(&progress).resolve(&resolved.keys);
-                            commit_ready(&consumer, &progress, &metrics);
-                            metrics.latency.record_since(&produced, now_ms() as i64);
-                        }
-                        let _ = tx.send(BatchDone { result, bytes }).await;
-                    }
-                    .instrument(span),
-                );
-            }
+        let flush_now = flush_due!();
+        if flush_now && batches_in_flight < cfg.pipeline.max_inflight_batches && planning.is_none() {
+            start_planning!();
             continue;
         }
         let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -168,6 +215,57 @@ pub async fn run(
                 if done.result? == Shipped::Interrupted {
                     // Aborted: what was in flight stays pending in the WAL.
                     return Ok(Stopped::Interrupted);
+                }
+            }
+            planned = planned_batch(&mut planning), if planning.is_some() => {
+                let Planning { bytes, produced, .. } = planning.take().expect("the branch runs only while a batch is planned");
+                let (grown, planned) = planned.map_err(|e| PipelineError::Task(e.to_string()))?;
+                live = grown;
+                let mut planned = match planned {
+                    Ok(planned) => planned,
+                    Err(PipelineError::Shutdown) => {
+                        // Schema evolution was waiting for BigQuery: nothing of
+                        // the batch was begun, so it is left for the next start.
+                        batches_in_flight -= 1;
+                        shipping_bytes = shipping_bytes.saturating_sub(bytes);
+                        if !stopping {
+                            stopping = true;
+                            drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
+                        }
+                        tracing::info!(
+                            in_flight = batches_in_flight,
+                            "shutdown while columns were being added: the batch is read again at the next start"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Partitions revoked while the batch was planned: the
+                // rebalance callback settled them without its messages
+                // (not yet registered), and the next owner reads them again.
+                revoked_while_planning.extend(drain_rebalance_events(&ctx, &mut batch));
+                batch_bytes = batch.iter().map(msg_bytes).sum();
+                drop_revoked(&mut planned, &std::mem::take(&mut revoked_while_planning), |(m, _)| m);
+                // The next batch, if it is ready, is planned while this one
+                // is prepared.
+                if flush_due!() && batches_in_flight < cfg.pipeline.max_inflight_batches {
+                    start_planning!();
+                }
+                let span = tracing::debug_span!("prepare_batch", messages = planned.len());
+                let Prepared { groups, wal_batch, origins } = prepare(&live, &wal, &metrics, &progress, planned).instrument(span).await?;
+                if groups.is_empty() {
+                    // Nothing to ship: only counters (and dead letters already
+                    // resolved) to make durable before the messages complete.
+                    flush_durably(&wal, wal_batch, &metrics).await?;
+                    commit_ready(&consumer, &progress, &metrics);
+                    metrics.latency.record_since(&produced, now_ms() as i64);
+                    batches_in_flight -= 1;
+                    shipping_bytes = shipping_bytes.saturating_sub(bytes);
+                    metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
+                } else {
+                    commit_ready(&consumer, &progress, &metrics);
+                    let ship = Ship { wal: wal.clone(), sink: sink.clone(), metrics: metrics.clone(), progress: progress.clone(), consumer: consumer.clone(), dead_letter_table: cfg.bigquery.dead_letter_table.clone() };
+                    ship.spawn(groups, wal_batch, origins, produced, bytes, done_tx.clone());
                 }
             }
             _ = shutdown.changed(), if !stopping => {
@@ -193,8 +291,12 @@ pub async fn run(
                 loop {
                     match next {
                         Ok(m) => {
-                            if drain_rebalance_events(&ctx, &mut batch) {
+                            let revoked = drain_rebalance_events(&ctx, &mut batch);
+                            if !revoked.is_empty() {
                                 batch_bytes = batch.iter().map(msg_bytes).sum();
+                                if planning.is_some() {
+                                    revoked_while_planning.extend(revoked);
+                                }
                             }
                             Metrics::add(&metrics.consumed, 1);
                             if batch.is_empty() {
@@ -222,8 +324,8 @@ pub async fn run(
                 metrics.set_inflight_bytes(shipping_bytes + batch_bytes);
             }
             // Only while a batch could be dispatched: a past deadline with every
-            // slot taken would otherwise spin.
-            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches => {}
+            // slot taken, or with a batch still being planned, would otherwise spin.
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() && batches_in_flight < cfg.pipeline.max_inflight_batches && planning.is_none() => {}
             _ = summary.tick() => metrics.log_summary(),
             _ = recommit.tick() => {
                 if let Err(e) = kafka::commit(&consumer, &committed_points(&progress)) {
