@@ -178,3 +178,107 @@ async fn a_remerge_fills_in_a_column_the_first_merge_of_the_window_did_not_know(
     let verdicts = verify::verify_all(bq, &sim.tables()[..1], &sim.model).await.unwrap();
     assert!(verdicts[0].matches(), "{}", verify::report(&verdicts));
 }
+
+/// A sink that records the Kafka offset of every row it lands, and whose
+/// tables take new columns only when `columns_ok` (else BigQuery answers
+/// 503 to every attempt, as while it is unreachable).
+struct Recording {
+    landed: std::sync::Mutex<Vec<i64>>,
+    columns_ok: bool,
+}
+
+#[async_trait::async_trait]
+impl landfall::sink::Sink for Recording {
+    async fn ship(
+        &self,
+        _table: &str,
+        rows: &[landfall::sink::LogRow],
+    ) -> Result<Vec<landfall::sink::RowOutcome>, landfall::sink::SinkError> {
+        let mut landed = self.landed.lock().unwrap();
+        for r in rows {
+            let row: serde_json::Value = serde_json::from_slice(r.text()).unwrap();
+            landed.push(row[landfall::table::COL_OFFSET].as_i64().unwrap_or_else(|| panic!("no offset in {row}")));
+        }
+        Ok(vec![landfall::sink::RowOutcome::Landed; rows.len()])
+    }
+    async fn add_columns(
+        &self,
+        _table: &landfall::config::TableConfig,
+        columns: &[landfall::config::ColumnConfig],
+    ) -> Result<Vec<landfall::config::ColumnConfig>, landfall::sink::schema::SchemaError> {
+        if self.columns_ok {
+            Ok(columns.to_vec())
+        } else {
+            Err(landfall::sink::schema::SchemaError::Api { what: "table customers".into(), message: "HTTP 503".into(), transient: true })
+        }
+    }
+}
+
+/// One DMS update of `sales.customers` row `id` (with `extra` columns).
+fn customer_update(id: i64, extra: serde_json::Value) -> Vec<u8> {
+    let mut data = json!({"id": id, "name": format!("n{id}"), "email": "e@x", "active": true, "updated_at": "2026-11-27 10:00:00.000"});
+    data.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::to_vec(&json!({
+        "data": data,
+        "metadata": {
+            "timestamp": "2026-11-27T10:00:00.000000Z", "record-type": "data", "operation": "update",
+            "partition-key-type": "schema-table", "schema-name": "sales", "table-name": "customers",
+            "transaction-id": "7", "transaction-record-id": id.to_string(), "stream-position": format!("00000003.0000{id:04}")
+        }
+    }))
+    .unwrap()
+}
+
+/// A shutdown while a batch waits for its columns leaves that batch unbegun
+/// (never registered), so no batch read after it may land: were one to land,
+/// the partition's commit point would pass the waiting batch's messages and
+/// they would never be read again. Here batch 1 (offset 0) needs a column
+/// BigQuery cannot add, batch 2 (offset 1) needs none and is read behind it;
+/// after the shutdown nothing is committed, and the next start lands both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_while_a_batch_waits_for_its_columns_lands_no_batch_behind_it() {
+    support::init_logs();
+    let stack = support::Stack::start(
+        "evolve_stop",
+        1,
+        EVOLVE,
+        &[("batch_max_wait = \"20ms\"", "batch_max_wait = \"20ms\"\nbatch_max_messages = 1\nshutdown_timeout = \"10s\"")],
+    )
+    .await;
+    let (kafka, cfg) = (&stack.kafka, &stack.cfg);
+    kafka.produce_raw(Some(b"1"), Some(&customer_update(1, json!({"c_score": 5})))).unwrap();
+    kafka.produce_raw(Some(b"2"), Some(&customer_update(2, json!({})))).unwrap();
+    kafka.flush().unwrap();
+
+    let run = |columns_ok: bool| {
+        let sink = std::sync::Arc::new(Recording { landed: Default::default(), columns_ok });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (abort, _) = tokio::sync::watch::channel(false);
+        let wal = landfall::wal::Wal::open(&cfg.wal.path).unwrap();
+        let task = tokio::spawn(landfall::pipeline::run(cfg.clone(), wal, sink.clone(), Default::default(), stopped, abort));
+        (sink, stop, task)
+    };
+    let committed = || landfall::pipeline::committed_offsets(cfg, &kafka.topic, 1).unwrap()[0];
+
+    // Both batches read, the first waiting for its column: then the shutdown.
+    let (sink, stop, task) = run(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!task.is_finished());
+    stop.send(true).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), task).await.expect("bounded shutdown").unwrap().unwrap();
+    assert_eq!(stopped, landfall::pipeline::Stopped::Drained);
+    assert_eq!(*sink.landed.lock().unwrap(), Vec::<i64>::new(), "a batch behind the unbegun one landed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(committed(), 0, "the commit point passed the batch that waited for its column");
+
+    // The next start (BigQuery takes the column now) reads and lands both.
+    let (sink, stop, task) = run(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while committed() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not committed: {:?} landed", sink.landed.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(*sink.landed.lock().unwrap(), vec![0, 1]);
+}

@@ -10,7 +10,10 @@
 //! them exactly as without the planning task. A partition revoked while its
 //! messages were being planned is settled by the rebalance callback without
 //! them (they are not registered yet); they are dropped before the batch is
-//! prepared, and the next owner reads them again.
+//! prepared, and the next owner reads them again. A batch whose planning
+//! ends in a shutdown (schema evolution was waiting for BigQuery) is never
+//! registered, so the batch read behind it is dropped too: nothing read after
+//! an unbegun batch lands, and the commit point cannot pass it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,13 +231,22 @@ pub async fn run(
                         // the batch was begun, so it is left for the next start.
                         batches_in_flight -= 1;
                         shipping_bytes = shipping_bytes.saturating_sub(bytes);
+                        // Its messages were never registered, so nothing read
+                        // after them may land: the commit point would pass
+                        // them (the tracker allows gaps). The batch being read
+                        // is dropped unplanned and read again at the next start
+                        // (no later batch was planned: one is planned at a time).
+                        batch.clear();
+                        batch_bytes = 0;
+                        deadline = None;
+                        metrics.set_inflight_bytes(shipping_bytes);
                         if !stopping {
                             stopping = true;
                             drain_deadline = Some(tokio::time::Instant::now() + cfg.pipeline.shutdown_timeout);
                         }
                         tracing::info!(
                             in_flight = batches_in_flight,
-                            "shutdown while columns were being added: the batch is read again at the next start"
+                            "shutdown while columns were being added: the batch (and the one read behind it) is read again at the next start"
                         );
                         continue;
                     }
