@@ -133,13 +133,18 @@ impl DedupKey {
     }
 
     pub fn to_hex(&self) -> String {
+        self.hex().iter().map(|&b| b as char).collect()
+    }
+
+    /// The key's 64 lowercase hex digits, without an allocation.
+    pub fn hex(&self) -> [u8; 64] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 15)] as char);
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
         }
-        s
+        out
     }
 
     pub fn from_hex(s: &str) -> Option<DedupKey> {

@@ -19,8 +19,8 @@ use crate::key::DedupKey;
 pub struct LogRow {
     pub key: DedupKey,
     /// Every column but `_landfall_ingested` (stamped per send attempt), as
-    /// the text of one JSON object. Always a serde_json encoding of a map:
-    /// it starts with `{` and ends with `}`.
+    /// the text of one JSON object, each name once ([`RowText`], or a
+    /// serde_json encoding of a map): it starts with `{` and ends with `}`.
     text: Box<[u8]>,
 }
 
@@ -54,6 +54,73 @@ impl LogRow {
     /// the hot path).
     pub fn json(&self) -> Map<String, Value> {
         serde_json::from_slice(&self.text).unwrap_or_default()
+    }
+}
+
+/// A log row's JSON object text, written field by field (what decode builds
+/// on the hot path: no map per row, no copy of the source's strings).
+///
+/// The caller writes each name once and never `_landfall_ingested` (stamped
+/// per send attempt): the names are the bookkeeping columns and the
+/// configured (validated, distinct) source columns.
+pub struct RowText {
+    buf: Vec<u8>,
+}
+
+impl Default for RowText {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RowText {
+    pub fn new() -> RowText {
+        let mut buf = Vec::with_capacity(320);
+        buf.push(b'{');
+        RowText { buf }
+    }
+
+    fn name(&mut self, name: &str) {
+        debug_assert!(name != COL_INGESTED, "stamped per send attempt, never kept");
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        // Writing JSON into memory cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, name);
+        self.buf.push(b':');
+    }
+
+    /// Writes `name: value`.
+    pub fn value(&mut self, name: &str, value: &Value) {
+        self.name(name);
+        let _ = serde_json::to_writer(&mut self.buf, value);
+    }
+
+    /// Writes `name: "text"` (escaped).
+    pub fn str(&mut self, name: &str, text: &str) {
+        self.name(name);
+        let _ = serde_json::to_writer(&mut self.buf, text);
+    }
+
+    /// Writes `name: "<hex>"` of 32 key bytes, as [`DedupKey::to_hex`] spells them.
+    pub fn key(&mut self, name: &str, key: &DedupKey) {
+        self.name(name);
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(&key.hex());
+        self.buf.push(b'"');
+    }
+
+    /// Writes `name: n`.
+    pub fn int(&mut self, name: &str, n: i64) {
+        self.name(name);
+        use std::io::Write;
+        let _ = write!(self.buf, "{n}");
+    }
+
+    /// The row of `key` with the fields written.
+    pub fn finish(mut self, key: DedupKey) -> LogRow {
+        self.buf.push(b'}');
+        LogRow { key, text: self.buf.into_boxed_slice() }
     }
 }
 

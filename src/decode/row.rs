@@ -13,6 +13,9 @@
 //! ordering value of the table's form, and no source columns. The MERGE
 //! removes every change not newer than it (docs/design.md, "DDL control records").
 
+use std::borrow::Cow;
+use std::fmt::Write;
+
 use serde_json::{Map, Value};
 
 use super::{ident, position, value, Change, Control, Op, OrderBy, Rejection};
@@ -25,7 +28,7 @@ pub use crate::table::{
 
 pub use crate::source::message::Coords;
 
-pub use crate::table::LogRow;
+pub use crate::table::{LogRow, RowText};
 
 pub use crate::key::Part;
 
@@ -65,14 +68,14 @@ impl OrderOf<'_> {
             OrderBy::Timestamp => {
                 // Shift so that timestamps before 1970 still sort correctly.
                 let shifted = (self.timestamp_micros as i128) + (1i128 << 62);
-                out.push_str(&format!("t{shifted:020}"));
+                let _ = write!(out, "t{shifted:020}");
             }
             _ if self.stream_position.is_none() && self.full_load => {
                 // Full-load rows carry no log position; DMS applies the changes
                 // cached during the load after it, so they sort before every
                 // position ('!' < any digit), among themselves by timestamp.
                 let shifted = (self.timestamp_micros as i128) + (1i128 << 62);
-                out.push_str(&format!("p!{shifted:020}"));
+                let _ = write!(out, "p!{shifted:020}");
             }
             format => {
                 let pos = self.stream_position.ok_or_else(|| Rejection::BadMetadata {
@@ -91,10 +94,11 @@ impl OrderOf<'_> {
                         message: "must be a non-negative integer".into(),
                     })?,
                 };
-                out.push_str(&format!("p{normalized}/{record:020}"));
+                let _ = write!(out, "p{normalized}/{record:020}");
             }
         }
-        out.push_str(&format!("/{}/{:010}/{:020}", part as u8, partition.max(0), offset.max(0)));
+        // Writing into a String cannot fail.
+        let _ = write!(out, "/{}/{:010}/{:020}", part as u8, partition.max(0), offset.max(0));
         Ok(out)
     }
 }
@@ -119,15 +123,15 @@ pub fn build_control(control: &Control, route: &TableConfig, at: &Coords) -> Res
     };
     let order = of.value(route.order_by(), Part::Control, at.partition, at.offset)?;
     let key = DedupKey::of_control(control, at);
-    let mut json = Map::new();
-    json.insert(COL_KEY.into(), Value::String(key.to_hex()));
-    json.insert(COL_OP.into(), Value::String(op.into()));
-    json.insert(COL_ORDER.into(), Value::String(order));
-    json.insert(COL_SOURCE_TS.into(), Value::String(value::format_timestamp_micros(micros)));
-    json.insert(COL_TOPIC.into(), Value::String(at.topic.clone()));
-    json.insert(COL_PARTITION.into(), Value::from(at.partition));
-    json.insert(COL_OFFSET.into(), Value::from(at.offset));
-    Ok(Some(LogRow::new(key, &json)))
+    let mut row = RowText::new();
+    row.key(COL_KEY, &key);
+    row.str(COL_OP, op);
+    row.str(COL_ORDER, &order);
+    row.str(COL_SOURCE_TS, &value::format_timestamp_micros(micros));
+    row.str(COL_TOPIC, &at.topic);
+    row.int(COL_PARTITION, i64::from(at.partition));
+    row.int(COL_OFFSET, at.offset);
+    Ok(Some(row.finish(key)))
 }
 
 /// Builds the log row(s) of a change for the table `route`.
@@ -144,32 +148,38 @@ pub fn build(change: &Change, route: &TableConfig, at: &Coords) -> Result<Vec<Lo
                 if old_pk != pk {
                     let key = DedupKey::of_change(change, at, Part::OldKeyDelete);
                     let order = order_value(change, order_by, Part::OldKeyDelete, at.partition, at.offset)?;
-                    let mut old_row = old_pk.into_iter().collect::<Map<_, _>>();
-                    bookkeeping(&mut old_row, key, Op::Delete, &order, change, at);
-                    rows.push(LogRow::new(key, &old_row));
+                    let mut old_row = RowText::new();
+                    bookkeeping(&mut old_row, &key, Op::Delete, &order, change, at);
+                    for (name, v) in route.primary_key.iter().zip(old_pk) {
+                        old_row.value(name, v);
+                    }
+                    rows.push(old_row.finish(key));
                 }
             }
         }
     }
     let key = DedupKey::of_change(change, at, Part::Change);
     let order = order_value(change, order_by, Part::Change, at.partition, at.offset)?;
-    let mut json = columns;
-    bookkeeping(&mut json, key, change.op, &order, change, at);
-    if let Some(mask) = missing_keep_columns(change, route) {
-        json.insert(COL_MISSING.into(), Value::from(mask));
+    let mut row = RowText::new();
+    bookkeeping(&mut row, &key, change.op, &order, change, at);
+    for (name, v) in &columns {
+        row.value(name, v);
     }
-    rows.push(LogRow::new(key, &json));
+    if let Some(mask) = missing_keep_columns(change, route) {
+        row.int(COL_MISSING, mask);
+    }
+    rows.push(row.finish(key));
     Ok(rows)
 }
 
-fn bookkeeping(row: &mut Map<String, Value>, key: DedupKey, op: Op, order: &str, change: &Change, at: &Coords) {
-    row.insert(COL_KEY.into(), Value::String(key.to_hex()));
-    row.insert(COL_OP.into(), Value::String(op.code().into()));
-    row.insert(COL_ORDER.into(), Value::String(order.to_owned()));
-    row.insert(COL_SOURCE_TS.into(), Value::String(value::format_timestamp_micros(change.timestamp_micros)));
-    row.insert(COL_TOPIC.into(), Value::String(at.topic.clone()));
-    row.insert(COL_PARTITION.into(), Value::from(at.partition));
-    row.insert(COL_OFFSET.into(), Value::from(at.offset));
+fn bookkeeping(row: &mut RowText, key: &DedupKey, op: Op, order: &str, change: &Change, at: &Coords) {
+    row.key(COL_KEY, key);
+    row.str(COL_OP, op.code());
+    row.str(COL_ORDER, order);
+    row.str(COL_SOURCE_TS, &value::format_timestamp_micros(change.timestamp_micros));
+    row.str(COL_TOPIC, &at.topic);
+    row.int(COL_PARTITION, i64::from(at.partition));
+    row.int(COL_OFFSET, at.offset);
 }
 
 /// The `keep_when_missing` columns a DMS `update` leaves out, as a bitmask
@@ -191,14 +201,19 @@ fn missing_keep_columns(change: &Change, route: &TableConfig) -> Option<i64> {
     (mask != 0).then_some(mask)
 }
 
+/// A change's columns, converted: each configured column's name and its
+/// value, in message order, NULLs left out (BigQuery reads a missing column
+/// as NULL). A value written as it came is borrowed from the message.
+type Columns<'a> = Vec<(&'a str, Cow<'a, Value>)>;
+
 /// Maps message columns onto the configured ones and converts their values.
 ///
 /// A message name matches a configured column exactly or, failing that,
 /// ignoring ASCII case (sources differ in how they case names). Two message
 /// names that land on one column (`{"ID":1,"id":2}`) are ambiguous: rejected,
 /// like duplicate keys, rather than guessed.
-fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map<String, Value>, Rejection> {
-    let mut out = Map::new();
+fn convert_columns<'a>(data: &'a Map<String, Value>, route: &'a TableConfig) -> Result<Columns<'a>, Rejection> {
+    let mut out: Columns<'a> = Vec::with_capacity(data.len());
     let mut seen: Vec<(&str, &str)> = Vec::with_capacity(data.len());
     for (name, v) in data {
         let column =
@@ -211,9 +226,10 @@ fn convert_columns(data: &Map<String, Value>, route: &TableConfig) -> Result<Map
             return Err(Rejection::AmbiguousColumn { column: column.name.clone(), first: (*other).to_owned(), second: name.clone() });
         }
         seen.push((name, &column.name));
-        let converted = value::convert(column, v).map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
+        let converted =
+            value::convert_borrowed(column, v).map_err(|message| Rejection::BadValue { column: column.name.clone(), message })?;
         if !converted.is_null() {
-            out.insert(column.name.clone(), converted);
+            out.push((&column.name, converted));
         }
     }
     Ok(out)
@@ -235,13 +251,13 @@ pub fn unknown_columns(change: &Change, route: &TableConfig) -> Result<Vec<Strin
     Ok(out)
 }
 
-/// The primary-key columns of a converted row, in configured order.
-fn primary_key(columns: &Map<String, Value>, route: &TableConfig) -> Result<Vec<(String, Value)>, Rejection> {
+/// The primary-key values of a converted row, in configured order.
+fn primary_key<'c>(columns: &'c Columns<'_>, route: &TableConfig) -> Result<Vec<&'c Value>, Rejection> {
     route
         .primary_key
         .iter()
-        .map(|k| match columns.get(k) {
-            Some(v) if !v.is_null() => Ok((k.clone(), v.clone())),
+        .map(|k| match columns.iter().find(|(name, _)| name == k) {
+            Some((_, v)) if !v.is_null() => Ok(v.as_ref()),
             _ => Err(Rejection::MissingPrimaryKey(k.clone())),
         })
         .collect()

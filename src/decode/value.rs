@@ -20,6 +20,8 @@
 //!   tokens some producers write, see [`NON_FINITE_MARK`]) are sent as the
 //!   strings BigQuery accepts.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
@@ -40,6 +42,15 @@ const BIGNUMERIC_MIN_FRAC: &str = "34992332820282019728792003956564819968";
 /// Converts `v` for the column `col`. `Null` stays `Null`.
 pub fn convert(col: &ColumnConfig, v: &Value) -> Result<Value, String> {
     convert_as(col.ty, col.bytes_encoding(), v)
+}
+
+/// As [`convert`], borrowing `v` where the value is written as it came (a
+/// STRING column's string: the common case, no copy per column).
+pub fn convert_borrowed<'a>(col: &ColumnConfig, v: &'a Value) -> Result<Cow<'a, Value>, String> {
+    match v {
+        Value::String(s) if col.ty == ColumnType::String && !s.starts_with(NON_FINITE_MARK) => Ok(Cow::Borrowed(v)),
+        _ => convert(col, v).map(Cow::Owned),
+    }
 }
 
 /// Converts `v` for a column of type `ty` (BYTES in `encoding`).
@@ -91,7 +102,9 @@ pub fn convert_as(ty: ColumnType, encoding: BytesEncoding, v: &Value) -> Result<
             let s = expect_str(v, "a timestamp string")?;
             let t = parse_time_value(s, Zone::Allowed).ok_or_else(|| format!("{} is not a TIMESTAMP", short(s)))?;
             let utc = t.utc().ok_or_else(|| format!("{} is outside TIMESTAMP's range (0001-01-01 .. 9999-12-31 UTC)", short(s)))?;
-            Ok(Value::String(format!("{}Z", civil(utc, 'T'))))
+            let mut text = civil(utc, 'T');
+            text.push('Z');
+            Ok(Value::String(text))
         }
         ColumnType::Date => {
             let s = expect_str(v, "a date string")?;
@@ -409,17 +422,62 @@ fn parse_time_value(s: &str, zone: Zone) -> Option<Written> {
     Some(Written { local: PrimitiveDateTime::new(date, time), offset })
 }
 
+/// Appends `n` in exactly `width` digits (zero-padded; `n < 10^width`).
+fn push_digits(out: &mut String, mut n: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits[..width].iter().map(|&d| d as char));
+}
+
+/// `YYYY-MM-DD` (by hand, not `format!`: every timestamp of every row is
+/// formatted, and the formatting machinery was a tenth of decoding).
+fn push_ymd(out: &mut String, d: Date) {
+    match u32::try_from(d.year()) {
+        Ok(y) if y <= 9999 => push_digits(out, y, 4),
+        _ => {
+            use std::fmt::Write;
+            let _ = write!(out, "{:04}", d.year());
+        }
+    }
+    out.push('-');
+    push_digits(out, u32::from(u8::from(d.month())), 2);
+    out.push('-');
+    push_digits(out, u32::from(d.day()), 2);
+}
+
+/// `HH:MM:SS.ffffff`.
+fn push_hms(out: &mut String, t: Time) {
+    push_digits(out, u32::from(t.hour()), 2);
+    out.push(':');
+    push_digits(out, u32::from(t.minute()), 2);
+    out.push(':');
+    push_digits(out, u32::from(t.second()), 2);
+    out.push('.');
+    push_digits(out, t.microsecond(), 6);
+}
+
 fn ymd(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    let mut out = String::with_capacity(10);
+    push_ymd(&mut out, d);
+    out
 }
 
 fn hms(t: Time) -> String {
-    format!("{:02}:{:02}:{:02}.{:06}", t.hour(), t.minute(), t.second(), t.microsecond())
+    let mut out = String::with_capacity(15);
+    push_hms(&mut out, t);
+    out
 }
 
 /// `YYYY-MM-DD<sep>HH:MM:SS.ffffff`.
 fn civil(dt: PrimitiveDateTime, sep: char) -> String {
-    format!("{}{sep}{}", ymd(dt.date()), hms(dt.time()))
+    let mut out = String::with_capacity(27);
+    push_ymd(&mut out, dt.date());
+    out.push(sep);
+    push_hms(&mut out, dt.time());
+    out
 }
 
 /// Parses a timestamp (RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC)
@@ -433,7 +491,9 @@ pub fn parse_timestamp_micros(s: &str) -> Result<i64, String> {
 /// RFC 3339 with microseconds, UTC (`2026-11-27T03:28:32.123456Z`).
 pub fn format_timestamp_micros(micros: i64) -> String {
     let dt = OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!("{}Z", civil(PrimitiveDateTime::new(dt.date(), dt.time()), 'T'))
+    let mut out = civil(PrimitiveDateTime::new(dt.date(), dt.time()), 'T');
+    out.push('Z');
+    out
 }
 
 #[cfg(test)]
@@ -447,6 +507,38 @@ mod tests {
 
     fn conv(ty: ColumnType, v: &Value) -> Result<Value, String> {
         convert_as(ty, BytesEncoding::Hex, v)
+    }
+
+    /// The hand-written digits against the formatting machinery, over
+    /// 0001-01-01 .. 9999-12-31 (years, days and microseconds of all widths).
+    #[test]
+    fn civil_spells_as_format_does() {
+        let first = Date::from_calendar_date(1, Month::January, 1).unwrap().midnight().assume_utc().unix_timestamp();
+        let last = Date::from_calendar_date(9999, Month::December, 31).unwrap().midnight().assume_utc().unix_timestamp() + 86_399;
+        let mut secs = first;
+        let mut micro = 0u32;
+        while secs <= last {
+            let dt = OffsetDateTime::from_unix_timestamp(secs).unwrap().replace_microsecond(micro).unwrap();
+            let (d, t) = (dt.date(), dt.time());
+            let want = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+                d.year(),
+                u8::from(d.month()),
+                d.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            );
+            assert_eq!(civil(PrimitiveDateTime::new(d, t), 'T'), want);
+            assert_eq!(format_timestamp_micros(secs * 1_000_000 + i64::from(micro)), format!("{want}Z"));
+            secs += 3_600 * 24 * 37 + 3_661 * 7 + 13;
+            micro = (micro * 7 + 123_457) % 1_000_000;
+        }
+        assert_eq!(
+            civil(PrimitiveDateTime::new(Date::from_calendar_date(1, Month::January, 1).unwrap(), Time::MIDNIGHT), ' '),
+            "0001-01-01 00:00:00.000000"
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ const PLAN_IN_TWO_FROM: usize = 256;
 /// loop's work, and [`plan`] is a pure function of the message: a large batch
 /// is planned in two halves at once, the second on a scoped thread, so that
 /// both cores decode.
-fn plan_each(cfg: &Config, mut msgs: Vec<Msg>, metrics: &Metrics) -> Vec<(Msg, Plan)> {
+pub fn plan_each(cfg: &Config, mut msgs: Vec<Msg>, metrics: &Metrics) -> Vec<(Msg, Plan)> {
     let seq = |msgs: Vec<Msg>| -> Vec<(Msg, Plan)> {
         msgs.into_iter()
             .map(|m| {
@@ -80,7 +80,19 @@ pub async fn plan_all(
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<(Msg, Plan)>, PipelineError> {
-    let mut planned = plan_each(cfg, msgs, metrics);
+    let planned = plan_each(cfg, msgs, metrics);
+    evolve_planned(cfg, sink, planned, metrics, shutdown).await
+}
+
+/// The second half of [`plan_all`], for messages [`plan_each`] planned with
+/// `cfg`: adds the columns they need and plans those messages again.
+pub async fn evolve_planned(
+    cfg: &mut Arc<Config>,
+    sink: &dyn Sink,
+    mut planned: Vec<(Msg, Plan)>,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<(Msg, Plan)>, PipelineError> {
     if cfg.schema.evolve == Evolve::Off || !planned.iter().any(|(_, p)| matches!(p, Plan::Evolve(_))) {
         return Ok(planned);
     }

@@ -37,7 +37,8 @@
 //!
 //! # Files, in the order a batch goes through them
 //!
-//! * [`evolve`]: step 1 with schema evolution: [`plan_all`] plans a batch,
+//! * [`evolve`]: step 1 with schema evolution: [`plan_all`] ([`evolve::plan_each`], then
+//!   [`evolve::evolve_planned`]) plans a batch,
 //!   adding the columns its messages need first;
 //! * [`prepare`]: steps 1 and 2: [`plan`] decides what becomes of a message
 //!   (rows, a dead letter, or nothing), [`prepare::prepare`] registers what

@@ -1,6 +1,7 @@
 //! The select loop: reads messages into batches (bounded in messages and
-//! bytes), plans each batch (decodes it) on a task of its own while it reads
-//! the next, prepares the planned batch, and hands it to a task of its own
+//! bytes), plans each batch (decodes it on a thread of the blocking pool,
+//! then adds the columns it needs on a task) while it reads the next,
+//! prepares the planned batch, and hands it to a task of its own
 //! that flushes its pending records, ships and lands them, then completes
 //! its messages and commits. It also drains on shutdown (bounded), re-sends
 //! commit points, prunes the WAL and logs the counters' summary.
@@ -31,7 +32,7 @@ use crate::source::tracker::TopicPartition;
 use crate::wal::{now_ms, Wal, WalBatch};
 
 use super::commit::{commit_ready, committed_points, drain_rebalance_events, drop_revoked};
-use super::evolve::plan_all;
+use super::evolve::{evolve_planned, plan_each};
 use super::land::{blocking, flush_durably, ship_and_land, Shipped};
 use super::prepare::{msg_bytes, prepare, Groups, Origins, Plan, Prepared};
 use super::recover::{recover, Recovered};
@@ -86,10 +87,18 @@ impl Ship {
         let Ship { wal, sink, metrics, progress, consumer, dead_letter_table } = self;
         tokio::spawn(
             async move {
+                let started = std::time::Instant::now();
                 let result = async {
                     flush_durably(&wal, wal_batch, &metrics).await?;
                     crate::failpoint::hit(crate::failpoint::AFTER_WAL_PENDING);
-                    ship_and_land(&wal, &sink, &dead_letter_table, groups, &origins, &metrics).await
+                    let flushed = started.elapsed();
+                    let shipped = ship_and_land(&wal, &sink, &dead_letter_table, groups, &origins, &metrics).await;
+                    tracing::debug!(
+                        wal_flush_ms = flushed.as_millis() as u64,
+                        ship_and_land_ms = (started.elapsed() - flushed).as_millis() as u64,
+                        "batch shipped"
+                    );
+                    shipped
                 }
                 .await;
                 if let Ok(Shipped::Resolved(resolved)) = &result {
@@ -179,6 +188,13 @@ pub async fn run(
         () => {{
             let msgs = std::mem::take(&mut batch);
             let bytes = std::mem::take(&mut batch_bytes);
+            if let Some(d) = deadline {
+                tracing::debug!(
+                    read_ms = (tokio::time::Instant::now() + cfg.pipeline.batch_max_wait - d).as_millis() as u64,
+                    messages = msgs.len(),
+                    "batch read"
+                );
+            }
             deadline = None;
             let produced: Vec<i64> = msgs.iter().filter_map(|m| m.produced_ms).collect();
             metrics.record_consumed(&msgs);
@@ -186,9 +202,22 @@ pub async fn run(
             shipping_bytes += bytes;
             let span = tracing::debug_span!("plan_batch", messages = msgs.len());
             let (mut with, sink, metrics, shutdown) = (live.clone(), sink.clone(), metrics.clone(), shutdown.clone());
+            // Decoding starts at once on a thread of its own: a task spawned
+            // here would wait in this worker's LIFO slot (not stolen by the
+            // other worker) until the loop yields, after the prepare below.
+            let (c, m) = (with.clone(), metrics.clone());
+            let decoding = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let planned = plan_each(&c, msgs, &m);
+                tracing::debug!(plan_ms = started.elapsed().as_millis() as u64, "batch decoded");
+                planned
+            });
             let task = tokio::spawn(
                 async move {
-                    let planned = plan_all(&mut with, &*sink, msgs, &metrics, &shutdown).await;
+                    let planned = match decoding.await {
+                        Ok(planned) => evolve_planned(&mut with, &*sink, planned, &metrics, &shutdown).await,
+                        Err(e) => Err(PipelineError::Task(e.to_string())),
+                    };
                     (with, planned)
                 }
                 .instrument(span),
@@ -264,7 +293,9 @@ pub async fn run(
                     start_planning!();
                 }
                 let span = tracing::debug_span!("prepare_batch", messages = planned.len());
+                let started = std::time::Instant::now();
                 let Prepared { groups, wal_batch, origins } = prepare(&live, &wal, &metrics, &progress, planned).instrument(span).await?;
+                tracing::debug!(prepare_ms = started.elapsed().as_millis() as u64, in_flight = batches_in_flight, "batch prepared");
                 if groups.is_empty() {
                     // Nothing to ship: only counters (and dead letters already
                     // resolved) to make durable before the messages complete.
