@@ -129,3 +129,27 @@ async fn a_message_larger_than_the_batch_bound_ships_alone() {
     let high = Metrics::get(&r.metrics.inflight_bytes_max) as usize;
     assert!(high <= 1_000_000 + r.largest, "{high}");
 }
+
+/// The `landfall` binary runs with one jemalloc arena and a one-second dirty
+/// decay (src/main.rs, `MALLOC_CONF`; docs/performance.md, "Allocator arenas
+/// and decay"). jemalloc's own statistics, printed at exit when the
+/// environment asks for them (general section only), name the options in effect; without the
+/// compiled-in string they read 4 arenas per CPU and 10000 ms.
+#[test]
+fn the_binary_runs_with_one_arena_and_a_short_decay() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_landfall"))
+        .arg("--help")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true,stats_print_opts:mdablxe")
+        .output()
+        .expect("run landfall --help");
+    assert!(out.status.success(), "landfall --help failed: {out:?}");
+    let stats = String::from_utf8_lossy(&out.stderr);
+    let opt = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("opt.{name}: ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("jemalloc printed no opt.{name}; stderr: {stats}"))
+    };
+    assert_eq!(opt("narenas"), "1");
+    assert!(opt("dirty_decay_ms").starts_with("1000"), "dirty_decay_ms: {}", opt("dirty_decay_ms"));
+}
